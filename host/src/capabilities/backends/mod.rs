@@ -1,0 +1,46 @@
+//! Capability backends, one file each. A backend only speaks its store; grants
+//! and the WIT types' checks stay in the capability.
+
+pub mod batch;
+pub mod memory;
+pub mod sqlite;
+pub mod tantivy;
+
+use std::sync::Arc;
+
+use super::Backends;
+use crate::config::{CacheBackendConfig, Config, DbBackendConfig, SearchBackendConfig};
+
+/// A backend call that failed.
+#[derive(Debug, Clone, PartialEq, thiserror::Error)]
+pub enum BackendError {
+    /// The backend cannot be reached or failed to answer; worth a retry.
+    #[error("{0}")]
+    Unavailable(String),
+    /// The backend refused the request as malformed.
+    #[error("{0}")]
+    Invalid(String),
+    /// The backend refused the request as too large.
+    #[error("{0}")]
+    TooLarge(String),
+}
+
+/// The backends named in the config, opened and ready.
+pub async fn open(config: &Config) -> Result<Backends, BackendError> {
+    let cache: Arc<dyn super::cache::CacheBackend> = match &config.backends.cache {
+        CacheBackendConfig::Memory { max_entries } => Arc::new(memory::MemoryCache::new(*max_entries)),
+    };
+    let db: Arc<dyn super::db::DbBackend> = match &config.backends.db {
+        DbBackendConfig::Sqlite { path, init } => {
+            let path = path.clone().unwrap_or_else(|| config.data_dir.join("switchyard.db"));
+            Arc::new(sqlite::SqliteDb::open(&path, init).await?)
+        }
+    };
+    let search: Arc<dyn super::search::SearchBackend> = match &config.backends.search {
+        SearchBackendConfig::Tantivy { path } => {
+            let path = path.clone().unwrap_or_else(|| config.data_dir.join("search"));
+            Arc::new(tantivy::TantivySearch::open(&path)?)
+        }
+    };
+    Ok(Backends { cache, db, search })
+}

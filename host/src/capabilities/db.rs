@@ -1,0 +1,170 @@
+//! The `db` capability: the host side of the WIT interface, the table-grant
+//! check, and the trait its backends implement (`sqlite`, `postgres`, `mysql`).
+
+use std::ops::ControlFlow;
+
+use async_trait::async_trait;
+use sqlparser::ast::{ObjectNamePart, Statement, visit_relations};
+use sqlparser::dialect::{Dialect, MySqlDialect, PostgreSqlDialect, SQLiteDialect};
+use sqlparser::parser::Parser;
+
+use super::{BackendError, CapabilityFailure, Effect, check_size};
+use crate::runtime::bindings::db::{self, RowSet, Value};
+use crate::runtime::state::HostState;
+
+/// Which SQL dialect a backend speaks, for parsing statements to check grants.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum SqlDialect {
+    /// SQLite.
+    Sqlite,
+    /// PostgreSQL.
+    Postgres,
+    /// MySQL and MariaDB.
+    MySql,
+}
+
+/// A SQL database. Statements reach it already checked against grants.
+#[async_trait]
+pub trait DbBackend: Send + Sync {
+    /// The dialect it speaks.
+    fn dialect(&self) -> SqlDialect;
+    /// Run a statement; returns rows affected.
+    async fn execute(&self, sql: &str, params: Vec<Value>) -> Result<u64, BackendError>;
+    /// Run a query; returns its rows.
+    async fn query(&self, sql: &str, params: Vec<Value>) -> Result<RowSet, BackendError>;
+}
+
+impl HostState {
+    fn check_sql(&self, sql: &str) -> Result<(), CapabilityFailure> {
+        check_size("SQL statement", sql.len())?;
+        check_tables(&self.caps.grants.db_tables, self.caps.backends.db.dialect(), sql)
+    }
+}
+
+/// Refuse a statement that is not a single query, insert, update or delete,
+/// or that names a table outside `granted`. `"*"` grants everything; an entry
+/// `schema.*` grants every table of that schema.
+pub(crate) fn check_tables(granted: &[String], dialect: SqlDialect, sql: &str) -> Result<(), CapabilityFailure> {
+    if granted.iter().any(|t| t == "*") {
+        return Ok(());
+    }
+    let dialect: &dyn Dialect = match dialect {
+        SqlDialect::Sqlite => &SQLiteDialect {},
+        SqlDialect::Postgres => &PostgreSqlDialect {},
+        SqlDialect::MySql => &MySqlDialect {},
+    };
+    let statements = Parser::parse_sql(dialect, sql)
+        .map_err(|e| CapabilityFailure::Invalid(format!("cannot parse SQL to check its tables: {e}")))?;
+    let [statement] = statements.as_slice() else {
+        return Err(CapabilityFailure::Invalid(format!(
+            "one statement per call, found {}",
+            statements.len()
+        )));
+    };
+    if !matches!(
+        statement,
+        Statement::Query(_) | Statement::Insert(_) | Statement::Update { .. } | Statement::Delete(_)
+    ) {
+        return Err(CapabilityFailure::Denied(
+            "only SELECT, INSERT, UPDATE and DELETE are granted to this tenant".into(),
+        ));
+    }
+    let mut refused = None;
+    let _ = visit_relations(statement, |name| {
+        let parts: Vec<String> = name
+            .0
+            .iter()
+            .map(|p| match p {
+                ObjectNamePart::Identifier(ident) => ident.value.to_lowercase(),
+                other => other.to_string().to_lowercase(),
+            })
+            .collect();
+        let full = parts.join(".");
+        let allowed = granted.iter().any(|g| {
+            let g = g.to_lowercase();
+            match g.strip_suffix(".*") {
+                Some(schema) => parts.len() == 2 && parts[0] == schema,
+                None => g == full,
+            }
+        });
+        if allowed {
+            ControlFlow::Continue(())
+        } else {
+            refused = Some(full);
+            ControlFlow::Break(())
+        }
+    });
+    match refused {
+        Some(table) => Err(CapabilityFailure::Denied(format!(
+            "table {table:?} is outside the tenant's tables {granted:?}"
+        ))),
+        None => Ok(()),
+    }
+}
+
+impl db::Host for HostState {
+    async fn execute(&mut self, sql: String, params: Vec<Value>) -> Result<u64, CapabilityFailure> {
+        self.check_sql(&sql)?;
+        self.record(|| Effect::DbExecute { sql: sql.clone(), params: params.iter().map(value_json).collect() });
+        Ok(self.caps.backends.db.execute(&sql, params).await?)
+    }
+
+    async fn query(&mut self, sql: String, params: Vec<Value>) -> Result<RowSet, CapabilityFailure> {
+        self.check_sql(&sql)?;
+        Ok(self.caps.backends.db.query(&sql, params).await?)
+    }
+}
+
+/// A value as JSON, for effect reports.
+pub(crate) fn value_json(v: &Value) -> serde_json::Value {
+    use serde_json::json;
+    match v {
+        Value::Null => serde_json::Value::Null,
+        Value::Boolean(b) => json!(b),
+        Value::Int(i) => json!(i),
+        Value::Float(f) => json!(f),
+        Value::Text(s) => json!(s),
+        Value::Bytes(b) => json!({ "bytes": super::printable(b) }),
+        Value::Json(j) => serde_json::from_str(j).unwrap_or_else(|_| json!(j)),
+        Value::Timestamp(t) => json!({ "timestamp_us": t }),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn check(granted: &[&str], sql: &str) -> Result<(), CapabilityFailure> {
+        let granted: Vec<String> = granted.iter().map(|s| s.to_string()).collect();
+        check_tables(&granted, SqlDialect::Sqlite, sql)
+    }
+
+    #[test]
+    fn granted_tables_pass() {
+        check(&["orders"], "INSERT INTO orders (id) VALUES (?)").unwrap();
+        check(&["orders"], "SELECT * FROM Orders WHERE id = ?").unwrap();
+        check(&["shop.*"], "UPDATE shop.orders SET total = 1").unwrap();
+        check(&["*"], "DROP TABLE anything").unwrap();
+    }
+
+    #[test]
+    fn other_tables_are_denied_by_name() {
+        let err = check(&["orders"], "SELECT * FROM orders JOIN users ON users.id = orders.customer").unwrap_err();
+        assert!(matches!(&err, CapabilityFailure::Denied(m) if m.contains("\"users\"")), "{err}");
+        let err = check(&["orders"], "SELECT * FROM orders WHERE id IN (SELECT id FROM secrets)").unwrap_err();
+        assert!(matches!(&err, CapabilityFailure::Denied(m) if m.contains("secrets")), "{err}");
+        let err = check(&["shop.*"], "SELECT * FROM other.orders").unwrap_err();
+        assert!(matches!(err, CapabilityFailure::Denied(_)));
+    }
+
+    #[test]
+    fn escapes_are_refused() {
+        assert!(matches!(check(&["orders"], "ATTACH DATABASE 'x.db' AS x"), Err(CapabilityFailure::Denied(_))));
+        assert!(matches!(check(&["orders"], "DROP TABLE orders"), Err(CapabilityFailure::Denied(_))));
+        assert!(matches!(
+            check(&["orders"], "SELECT 1 FROM orders; DELETE FROM users"),
+            Err(CapabilityFailure::Invalid(_))
+        ));
+        assert!(matches!(check(&["orders"], "SELEKT nonsense"), Err(CapabilityFailure::Invalid(_))));
+    }
+}

@@ -1,0 +1,492 @@
+//! The path of a delivery from its source to its settlement: routing,
+//! admission, per-key ordering, invocation, the outbox, retries with backoff,
+//! and dead-lettering.
+
+pub mod ordering;
+pub mod router;
+pub mod stats;
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+use std::time::Duration;
+
+use tokio::sync::{OwnedSemaphorePermit, Semaphore, mpsc};
+use tokio::task::JoinSet;
+use tokio_util::sync::CancellationToken;
+use tracing::Instrument;
+
+use crate::capabilities::publish::Publisher;
+use crate::capabilities::{Backends, Capabilities, backends};
+use crate::config::{Config, ConfigError, RouteConfig, SourceConfig};
+use crate::runtime::bindings::Message;
+use crate::runtime::{InvokeContext, LoadError, Outcome, Plugin, Runtime, RuntimeError, RuntimeOptions};
+use crate::sources::dead_letter::DeadLetterFile;
+use crate::sources::local::{LOCAL, LocalSource};
+use crate::sources::{Delivery, Settle, Settlement, Source, file::FileSource, http::HttpSource, local};
+use ordering::{KeyOrder, Turn};
+use router::TopicPattern;
+use stats::{Progress, Snapshot, Stats};
+
+/// Deliveries each source may have queued before it must wait.
+const SOURCE_QUEUE: usize = 256;
+/// Admitted deliveries per route, beyond those running: waiting for their key's
+/// turn or their retry. Bounds memory; a full route pushes back on its source.
+const QUEUE_PER_CONCURRENCY: usize = 8;
+
+/// The host could not be built from its config.
+#[derive(Debug, thiserror::Error)]
+pub enum HostError {
+    /// The config is wrong.
+    #[error(transparent)]
+    Config(#[from] ConfigError),
+    /// The engine could not be set up.
+    #[error(transparent)]
+    Runtime(#[from] RuntimeError),
+    /// A handler could not be loaded.
+    #[error("tenant {tenant:?} handler {handler:?}: {error}")]
+    Handler {
+        /// The tenant.
+        tenant: String,
+        /// The handler.
+        handler: String,
+        /// Why.
+        error: LoadError,
+    },
+    /// A backend could not be opened.
+    #[error("cannot open the {capability} backend: {error}")]
+    Backend {
+        /// Which capability.
+        capability: &'static str,
+        /// Why.
+        error: backends::BackendError,
+    },
+}
+
+/// One route, ready to dispatch.
+pub struct Route {
+    source: String,
+    pattern: TopicPattern,
+    policy: RouteConfig,
+    invoke: InvokeContext,
+    plugin: Arc<Plugin>,
+    admission: Arc<Semaphore>,
+    running: Arc<Semaphore>,
+    order: Arc<KeyOrder>,
+}
+
+/// What every delivery task shares.
+struct Shared {
+    runtime: Arc<Runtime>,
+    publisher: Arc<dyn Publisher>,
+    stats: Arc<Stats>,
+    idle: tokio::sync::Notify,
+    shutdown: CancellationToken,
+}
+
+/// A configured host: its runtime, routes and sources, ready to run.
+pub struct Host {
+    shared: Arc<Shared>,
+    routes: Arc<Vec<Route>>,
+    sources: Vec<(String, Box<dyn Source>)>,
+    local: LocalSource,
+    progress: bool,
+}
+
+/// Engine settings that fit every handler in `config`.
+pub fn runtime_options(config: &Config) -> RuntimeOptions {
+    let handlers = config.tenants.values().flat_map(|t| t.handlers.values());
+    RuntimeOptions {
+        cache_dir: Some(config.data_dir.join("compiled")),
+        max_memory_mib: handlers.clone().map(|h| h.limits.memory_mib).max().unwrap_or(64),
+        fuel: handlers.clone().any(|h| h.limits.fuel.is_some()),
+        ..RuntimeOptions::default()
+    }
+}
+
+/// Load every handler named by a route, keyed by (tenant, handler).
+pub fn load_handlers(
+    config: &Config,
+    runtime: &Runtime,
+) -> Result<BTreeMap<(String, String), Arc<Plugin>>, HostError> {
+    let mut loaded = BTreeMap::new();
+    for (tenant, t) in &config.tenants {
+        for (handler, h) in &t.handlers {
+            let plugin = runtime.load(&h.wasm).map_err(|error| HostError::Handler {
+                tenant: tenant.clone(),
+                handler: handler.clone(),
+                error,
+            })?;
+            loaded.insert((tenant.clone(), handler.clone()), Arc::new(plugin));
+        }
+    }
+    Ok(loaded)
+}
+
+impl Host {
+    /// Build the host: open the backends, load the handlers, set up routes
+    /// and sources. Fails with an error naming the part that is wrong.
+    pub async fn build(config: &Config) -> Result<Self, HostError> {
+        let runtime = Arc::new(Runtime::new(runtime_options(config))?);
+        let plugins = load_handlers(config, &runtime)?;
+        let backends = Arc::new(backends::open(config).await.map_err(|error| HostError::Backend { capability: "db or search", error })?);
+        Self::assemble(config, runtime, plugins, backends)
+    }
+
+    /// Build the host from parts already made; tests use this to share a runtime.
+    pub fn assemble(
+        config: &Config,
+        runtime: Arc<Runtime>,
+        plugins: BTreeMap<(String, String), Arc<Plugin>>,
+        backends: Arc<Backends>,
+    ) -> Result<Self, HostError> {
+        let stats = Arc::new(Stats::default());
+        let (publisher, local) =
+            local::loopback(Arc::new(DeadLetterFile::new(LOCAL, &config.dead_letter_path(LOCAL))), stats.clone());
+        let caps: BTreeMap<&String, Arc<Capabilities>> = config
+            .tenants
+            .iter()
+            .map(|(name, t)| (name, Arc::new(Capabilities { backends: backends.clone(), grants: t.grants.clone() })))
+            .collect();
+
+        let mut routes = Vec::new();
+        for route in &config.routes {
+            let key = (route.tenant.clone(), route.handler.clone());
+            let (Some(plugin), Some(tenant_caps)) = (plugins.get(&key), caps.get(&route.tenant)) else {
+                continue; // `Config::validate` already refused dangling names.
+            };
+            let limits = config.tenants[&route.tenant].handlers[&route.handler].limits;
+            routes.push(Route {
+                source: route.source.clone(),
+                pattern: TopicPattern::parse(&route.topic),
+                policy: route.clone(),
+                invoke: InvokeContext {
+                    caps: tenant_caps.clone(),
+                    limits,
+                    tenant: route.tenant.as_str().into(),
+                    handler: route.handler.as_str().into(),
+                    record_effects: false,
+                },
+                plugin: plugin.clone(),
+                admission: Arc::new(Semaphore::new(route.concurrency * QUEUE_PER_CONCURRENCY)),
+                running: Arc::new(Semaphore::new(route.concurrency)),
+                order: Arc::new(KeyOrder::default()),
+            });
+        }
+
+        let mut sources: Vec<(String, Box<dyn Source>)> = Vec::new();
+        for (name, source) in &config.sources {
+            let dead_letter = Arc::new(DeadLetterFile::new(name, &config.dead_letter_path(name)));
+            let source: Box<dyn Source> = match source {
+                SourceConfig::File { path, replay, follow, .. } => {
+                    Box::new(FileSource::new(name, path, *replay, *follow, dead_letter))
+                }
+                SourceConfig::Http { listen, .. } => {
+                    // `Config::validate` checked that it parses.
+                    let addr = listen.parse().map_err(|e| ConfigError::Invalid {
+                        path: Default::default(),
+                        field: format!("sources.{name}.listen"),
+                        message: format!("{e}"),
+                    })?;
+                    Box::new(HttpSource::new(name, addr, dead_letter))
+                }
+            };
+            sources.push((name.clone(), source));
+        }
+
+        let shared = Arc::new(Shared {
+            runtime,
+            publisher: Arc::new(publisher),
+            stats,
+            idle: tokio::sync::Notify::new(),
+            shutdown: CancellationToken::new(),
+        });
+        Ok(Self { shared, routes: Arc::new(routes), sources, local, progress: false })
+    }
+
+    /// Print a progress line to stderr every second while running.
+    pub fn with_progress(mut self, on: bool) -> Self {
+        self.progress = on;
+        self
+    }
+
+    /// The host's counters, live.
+    pub fn stats(&self) -> Arc<Stats> {
+        self.shared.stats.clone()
+    }
+
+    /// Run until every source has ended and every message is settled, or
+    /// until `shutdown` is cancelled. On shutdown, intake stops, messages
+    /// being handled finish and are settled, and the counters are returned.
+    pub async fn run(self, shutdown: CancellationToken) -> Snapshot {
+        let Host { shared, routes, sources, local, progress } = self;
+        let intake = shutdown.child_token();
+        // Retry waits end on shutdown; the message stays unsettled on its
+        // source and is delivered again after a restart.
+        let shutdown_watch = shared.shutdown.clone();
+        let watch = shutdown.clone();
+        tokio::spawn(async move {
+            watch.cancelled().await;
+            shutdown_watch.cancel();
+        });
+
+        let mut consumers = JoinSet::new();
+        let mut producers = JoinSet::new();
+        for (name, source) in sources {
+            let (tx, rx) = mpsc::channel(SOURCE_QUEUE);
+            let token = intake.clone();
+            let source_name = name.clone();
+            producers.spawn(async move {
+                if let Err(e) = source.run(tx, token).await {
+                    tracing::error!(source = %source_name, error = %e, "source stopped");
+                }
+            });
+            consumers.spawn(consume(shared.clone(), routes.clone(), name, rx, true));
+        }
+        let local_stop = CancellationToken::new();
+        let (tx, rx) = mpsc::channel(SOURCE_QUEUE);
+        let local_task = tokio::spawn(Box::new(local).run(tx, local_stop.clone()));
+        let local_consumer = tokio::spawn(consume(shared.clone(), routes.clone(), LOCAL.into(), rx, false));
+
+        let printer = progress.then(|| {
+            let stats = shared.stats.clone();
+            tokio::spawn(async move {
+                let mut progress = Progress::default();
+                let mut tick = tokio::time::interval(Duration::from_secs(1));
+                tick.tick().await;
+                loop {
+                    tick.tick().await;
+                    eprintln!("{}", progress.line(stats.snapshot()));
+                }
+            })
+        });
+
+        // Until the sources end by themselves, or shutdown.
+        tokio::select! {
+            _ = async { while producers.join_next().await.is_some() {} } => {}
+            _ = shutdown.cancelled() => {
+                tracing::info!("shutting down: intake stopped, finishing messages in flight");
+            }
+        }
+        intake.cancel();
+        while producers.join_next().await.is_some() {}
+        while consumers.join_next().await.is_some() {}
+        // Drain: everything received is settled, and nothing handlers
+        // published is still waiting in the loopback.
+        loop {
+            let idle = shared.idle.notified();
+            if shared.stats.pending.load(Ordering::SeqCst) == 0 {
+                break;
+            }
+            let _ = tokio::time::timeout(Duration::from_millis(100), idle).await;
+        }
+        local_stop.cancel();
+        let _ = local_task.await;
+        let _ = local_consumer.await;
+        if let Some(printer) = printer {
+            printer.abort();
+            eprintln!("{}", Progress::default().line(shared.stats.snapshot()));
+        }
+        shared.stats.snapshot()
+    }
+}
+
+/// Take deliveries from one source and dispatch each. `count` is false for
+/// the loopback, whose messages were counted as pending when published.
+async fn consume(
+    shared: Arc<Shared>,
+    routes: Arc<Vec<Route>>,
+    source: String,
+    mut rx: mpsc::Receiver<Delivery>,
+    count: bool,
+) {
+    while let Some(delivery) = rx.recv().await {
+        shared.stats.received.fetch_add(1, Ordering::Relaxed);
+        if count {
+            shared.stats.pending.fetch_add(1, Ordering::SeqCst);
+        }
+        let topic = delivery.message.topic.as_str();
+        let Some(index) = routes.iter().position(|r| r.source == source && r.pattern.matches(topic)) else {
+            let reason = format!("no route for topic {topic:?} on source {source:?}");
+            tracing::warn!(%source, %topic, message_id = %delivery.message.id, "{reason}; dead-lettering");
+            let headers = vec![
+                ("switchyard-dead-letter-reason".to_string(), reason.clone()),
+                ("switchyard-attempts".to_string(), "0".to_string()),
+            ];
+            let Delivery { message, settle } = delivery;
+            settle_or_log(settle, &message, Settlement::DeadLetter { reason, headers }).await;
+            shared.stats.dead_lettered.fetch_add(1, Ordering::Relaxed);
+            finish(&shared);
+            continue;
+        };
+        let route = &routes[index];
+        // Admission: a full route stops this loop, and so the source.
+        let Ok(admitted) = route.admission.clone().acquire_owned().await else { break };
+        let turn = match (&delivery.message.key, route.policy.ordered) {
+            (Some(key), true) => Some(route.order.enqueue(key)),
+            _ => None,
+        };
+        tokio::spawn(process(shared.clone(), routes.clone(), index, delivery, admitted, turn));
+    }
+}
+
+fn finish(shared: &Shared) {
+    if shared.stats.pending.fetch_sub(1, Ordering::SeqCst) == 1 {
+        shared.idle.notify_waiters();
+    }
+}
+
+/// The backoff before attempt `attempt + 1`: doubling from the base, capped.
+fn backoff(policy: &RouteConfig, attempt: u32) -> Duration {
+    let factor = 1u64.checked_shl(attempt.saturating_sub(1)).unwrap_or(u64::MAX);
+    Duration::from_millis(policy.retry_base_ms.saturating_mul(factor).min(policy.retry_max_ms))
+}
+
+/// Run one delivery to its settlement.
+async fn process(
+    shared: Arc<Shared>,
+    routes: Arc<Vec<Route>>,
+    index: usize,
+    delivery: Delivery,
+    _admitted: OwnedSemaphorePermit,
+    mut turn: Option<Turn>,
+) {
+    let route = &routes[index];
+    if let Some(turn) = &mut turn {
+        turn.ready().await;
+    }
+    let Delivery { mut message, settle } = delivery;
+    let policy = &route.policy;
+    let span = tracing::info_span!(
+        "delivery",
+        source = %message.source,
+        topic = %message.topic,
+        tenant = %route.invoke.tenant,
+        handler = %route.invoke.handler,
+        message_id = %message.id,
+        attempt = tracing::field::Empty,
+    );
+    async {
+        loop {
+            tracing::Span::current().record("attempt", message.attempt);
+            if message.payload.len() > policy.max_message_bytes {
+                let reason = format!(
+                    "message is {} bytes, over the route's max_message_bytes of {}",
+                    message.payload.len(),
+                    policy.max_message_bytes
+                );
+                dead_letter(&shared, route, settle, &message, reason, Vec::new()).await;
+                break;
+            }
+            let invocation = {
+                let Ok(_running) = route.running.acquire().await else { break };
+                shared.runtime.invoke(&route.plugin, &message, &route.invoke).await
+            };
+            let (reason, requested) = match invocation.outcome {
+                Outcome::Ok => {
+                    if !invocation.outbox.is_empty()
+                        && let Err(e) = shared.publisher.publish(invocation.outbox).await
+                    {
+                        (format!("handled, but publishing its messages failed: {e}"), None)
+                    } else {
+                        tracing::debug!("handled");
+                        settle_or_log(settle, &message, Settlement::Ack).await;
+                        shared.stats.handled.fetch_add(1, Ordering::Relaxed);
+                        break;
+                    }
+                }
+                Outcome::Retry { delay, reason } => (reason, Some(delay)),
+                Outcome::Reject(reason) => {
+                    tracing::info!(%reason, "handler rejected the message");
+                    dead_letter(&shared, route, settle, &message, format!("rejected: {reason}"), invocation.compensations)
+                        .await;
+                    break;
+                }
+                Outcome::Failed(failure) => {
+                    tracing::warn!(error = %failure, "handler failed");
+                    (failure.to_string(), None)
+                }
+            };
+            if message.attempt >= policy.max_attempts {
+                let reason = format!("gave up after {} attempts: {reason}", message.attempt);
+                dead_letter(&shared, route, settle, &message, reason, invocation.compensations).await;
+                break;
+            }
+            let delay = backoff(policy, message.attempt).max(requested.unwrap_or_default()).min(Duration::from_millis(policy.retry_max_ms));
+            tracing::info!(%reason, delay_ms = delay.as_millis() as u64, "retrying");
+            shared.stats.retried.fetch_add(1, Ordering::Relaxed);
+            if settle.retries_natively() {
+                settle_or_log(settle, &message, Settlement::Retry { delay }).await;
+                break;
+            }
+            tokio::select! {
+                _ = tokio::time::sleep(delay) => {}
+                _ = shared.shutdown.cancelled() => {
+                    tracing::info!("shutdown during retry wait; leaving the message unsettled for redelivery");
+                    break;
+                }
+            }
+            message.attempt += 1;
+        }
+    }
+    .instrument(span)
+    .await;
+    drop(turn);
+    finish(&shared);
+}
+
+async fn dead_letter(
+    shared: &Shared,
+    route: &Route,
+    settle: Box<dyn Settle>,
+    message: &Message,
+    reason: String,
+    compensations: Vec<crate::runtime::bindings::publish::Outgoing>,
+) {
+    tracing::warn!(%reason, "dead-lettering");
+    let failed_at = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_millis().to_string())
+        .unwrap_or_default();
+    let mut headers = vec![
+        ("switchyard-dead-letter-reason".to_string(), reason.clone()),
+        ("switchyard-attempts".to_string(), message.attempt.to_string()),
+        ("switchyard-tenant".to_string(), route.invoke.tenant.to_string()),
+        ("switchyard-handler".to_string(), route.invoke.handler.to_string()),
+        ("switchyard-failed-at-ms".to_string(), failed_at),
+    ];
+    if !compensations.is_empty() {
+        let count = compensations.len();
+        match shared.publisher.publish(compensations).await {
+            Ok(()) => headers.push(("switchyard-compensations".into(), count.to_string())),
+            Err(e) => {
+                tracing::error!(error = %e, count, "cannot publish compensations");
+                headers.push(("switchyard-compensation-error".into(), e.to_string()));
+            }
+        }
+    }
+    settle_or_log(settle, message, Settlement::DeadLetter { reason, headers }).await;
+    shared.stats.dead_lettered.fetch_add(1, Ordering::Relaxed);
+}
+
+async fn settle_or_log(settle: Box<dyn Settle>, message: &Message, settlement: Settlement) {
+    if let Err(e) = settle.settle(message, settlement).await {
+        // The source did not take the settlement; it will deliver the message
+        // again, which at-least-once allows.
+        tracing::error!(error = %e, message_id = %message.id, "settlement failed");
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn backoff_doubles_and_caps() {
+        let text = "source = \"s\"\ntopic = \"t\"\ntenant = \"t\"\nhandler = \"h\"\nretry_base_ms = 100\nretry_max_ms = 1000";
+        let policy: RouteConfig = toml::from_str(text).unwrap();
+        let ms: Vec<u128> = (1..=6).map(|a| backoff(&policy, a).as_millis()).collect();
+        assert_eq!(ms, [100, 200, 400, 800, 1000, 1000]);
+        assert_eq!(backoff(&policy, 200).as_millis(), 1000);
+    }
+}

@@ -1,0 +1,82 @@
+//! Counters for the live progress line and the run summary.
+
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{Duration, Instant};
+
+/// Host-wide message counters.
+#[derive(Debug, Default)]
+pub struct Stats {
+    /// Deliveries received from sources.
+    pub received: AtomicU64,
+    /// Messages acked after their handler returned ok.
+    pub handled: AtomicU64,
+    /// Retries scheduled.
+    pub retried: AtomicU64,
+    /// Messages dead-lettered.
+    pub dead_lettered: AtomicU64,
+    /// Deliveries received and not yet settled, including those waiting to retry.
+    pub pending: AtomicU64,
+}
+
+/// A copy of the counters at one moment.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct Snapshot {
+    /// See [`Stats::received`].
+    pub received: u64,
+    /// See [`Stats::handled`].
+    pub handled: u64,
+    /// See [`Stats::retried`].
+    pub retried: u64,
+    /// See [`Stats::dead_lettered`].
+    pub dead_lettered: u64,
+    /// See [`Stats::pending`].
+    pub pending: u64,
+}
+
+impl Stats {
+    /// Read every counter.
+    pub fn snapshot(&self) -> Snapshot {
+        let get = |c: &AtomicU64| c.load(Ordering::Relaxed);
+        Snapshot {
+            received: get(&self.received),
+            handled: get(&self.handled),
+            retried: get(&self.retried),
+            dead_lettered: get(&self.dead_lettered),
+            pending: get(&self.pending),
+        }
+    }
+}
+
+/// Renders the progress line, with the rate since the previous line.
+pub struct Progress {
+    last: Snapshot,
+    at: Instant,
+    started: Instant,
+}
+
+impl Default for Progress {
+    fn default() -> Self {
+        let now = Instant::now();
+        Self { last: Snapshot::default(), at: now, started: now }
+    }
+}
+
+impl Progress {
+    /// The line for `now`: totals, and messages settled per second since the last line.
+    pub fn line(&mut self, now: Snapshot) -> String {
+        let elapsed = self.at.elapsed().max(Duration::from_millis(1)).as_secs_f64();
+        let settled = |s: &Snapshot| s.handled + s.dead_lettered;
+        let rate = (settled(&now) - settled(&self.last)) as f64 / elapsed;
+        self.last = now;
+        self.at = Instant::now();
+        format!(
+            "[{:>6.1}s] handled {} | retried {} | dead-lettered {} | in flight {} | {:.0} msg/s",
+            self.started.elapsed().as_secs_f64(),
+            now.handled,
+            now.retried,
+            now.dead_lettered,
+            now.pending,
+            rate
+        )
+    }
+}

@@ -1,0 +1,240 @@
+//! The `switchyard` command: run a host, invoke a handler once, check a
+//! config, or benchmark dispatch.
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use anyhow::{Context, bail};
+use clap::{Parser, Subcommand};
+use switchyard::capabilities::{Capabilities, backends};
+use switchyard::config::{Config, Limits};
+use switchyard::runtime::bindings::Message;
+use switchyard::runtime::{InvokeContext, Outcome, Runtime, RuntimeOptions};
+use switchyard::{Host, dispatch};
+use tokio_util::sync::CancellationToken;
+
+#[derive(Parser)]
+#[command(name = "switchyard", version, about = "Runs broker messages through sandboxed WebAssembly handlers")]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Run the host: consume from the configured sources until they end or
+    /// SIGTERM/SIGINT, printing a progress line every second.
+    Run {
+        /// The config file.
+        config: PathBuf,
+    },
+    /// Run one handler on one message with the embedded backends, and print
+    /// the outcome and every effect it requested.
+    Invoke {
+        /// The handler component (.wasm).
+        wasm: PathBuf,
+        /// The message's topic.
+        #[arg(long, default_value = "test")]
+        topic: String,
+        /// The payload, as text (usually JSON).
+        #[arg(long, default_value = "")]
+        payload: String,
+        /// The message key.
+        #[arg(long)]
+        key: Option<String>,
+        /// A header, as name=value; repeatable.
+        #[arg(long = "header", value_parser = parse_header)]
+        headers: Vec<(String, String)>,
+        /// The attempt number the handler sees.
+        #[arg(long, default_value_t = 1)]
+        attempt: u32,
+        /// Where the embedded backends keep their data; a fresh temporary
+        /// directory if not given.
+        #[arg(long)]
+        data_dir: Option<PathBuf>,
+        /// SQL run on the embedded database first, such as a CREATE TABLE; repeatable.
+        #[arg(long)]
+        init_sql: Vec<String>,
+        /// Wall-time limit in milliseconds.
+        #[arg(long, default_value_t = 5000)]
+        timeout_ms: u64,
+        /// Memory limit in MiB.
+        #[arg(long, default_value_t = 64)]
+        memory_mib: u64,
+    },
+    /// Check a config: parse it, and load and validate every handler.
+    Check {
+        /// The config file.
+        config: PathBuf,
+    },
+    /// Measure dispatch cost per message against a native function.
+    Bench {
+        /// The trivial handler to measure.
+        #[arg(long, default_value = "plugins/dist/noop.wasm")]
+        plugin: PathBuf,
+        /// Messages per measurement.
+        #[arg(long, default_value_t = 100_000)]
+        messages: u32,
+    },
+}
+
+fn parse_header(s: &str) -> Result<(String, String), String> {
+    let (name, value) = s.split_once('=').ok_or_else(|| format!("header {s:?} is not name=value"))?;
+    Ok((name.to_string(), value.to_string()))
+}
+
+fn main() -> std::process::ExitCode {
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "warn,switchyard=info".into()),
+        )
+        .with_writer(std::io::stderr)
+        .init();
+    let cli = Cli::parse();
+    let runtime = match tokio::runtime::Runtime::new() {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("error: cannot start the async runtime: {e}");
+            return std::process::ExitCode::FAILURE;
+        }
+    };
+    match runtime.block_on(dispatch_command(cli.command)) {
+        Ok(code) => code,
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            std::process::ExitCode::FAILURE
+        }
+    }
+}
+
+async fn dispatch_command(command: Command) -> anyhow::Result<std::process::ExitCode> {
+    match command {
+        Command::Run { config } => run(&config).await,
+        Command::Invoke { wasm, topic, payload, key, headers, attempt, data_dir, init_sql, timeout_ms, memory_mib } => {
+            let message = Message {
+                id: "invoke-1".into(),
+                source: "invoke".into(),
+                topic,
+                key,
+                headers,
+                payload: payload.into_bytes(),
+                attempt,
+                reply_to: None,
+                timestamp_ms: None,
+            };
+            let limits = Limits { memory_mib, timeout_ms, fuel: None };
+            invoke(&wasm, message, data_dir, init_sql, limits).await
+        }
+        Command::Check { config } => check(&config),
+        Command::Bench { plugin, messages } => {
+            let r = switchyard::bench::dispatch(&plugin, messages).await?;
+            println!("dispatch benchmark: {} messages each, trivial handler {}", r.messages, plugin.display());
+            println!("  native Rust function          {:>10.1} ns/msg", r.native_ns);
+            println!("  switchyard, fresh instance    {:>10.1} ns/msg   ratio {:.0}x native", r.wasm_ns, r.wasm_ns / r.native_ns.max(0.001));
+            println!("    of which store + host state {:>10.1} ns/msg", r.store_ns);
+            println!("    of which instantiate        {:>10.1} ns/msg", r.instantiate_ns - r.store_ns);
+            println!("    of which call and limits    {:>10.1} ns/msg", r.wasm_ns - r.instantiate_ns);
+            println!("  switchyard, all cores         {:>10.0} msg/s", r.parallel_rate);
+            Ok(std::process::ExitCode::SUCCESS)
+        }
+    }
+}
+
+async fn run(path: &Path) -> anyhow::Result<std::process::ExitCode> {
+    let config = Config::load(path)?;
+    let host = Host::build(&config).await?.with_progress(true);
+    let shutdown = CancellationToken::new();
+    let signal = shutdown.clone();
+    tokio::spawn(async move {
+        let mut term = match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(s) => s,
+            Err(e) => {
+                tracing::error!(error = %e, "cannot watch SIGTERM");
+                return;
+            }
+        };
+        tokio::select! {
+            _ = term.recv() => {}
+            _ = tokio::signal::ctrl_c() => {}
+        }
+        signal.cancel();
+    });
+    tracing::info!(config = %path.display(), "switchyard running");
+    let summary = host.run(shutdown).await;
+    tracing::info!(
+        handled = summary.handled,
+        retried = summary.retried,
+        dead_lettered = summary.dead_lettered,
+        "switchyard stopped"
+    );
+    Ok(std::process::ExitCode::SUCCESS)
+}
+
+async fn invoke(
+    wasm: &Path,
+    message: Message,
+    data_dir: Option<PathBuf>,
+    init_sql: Vec<String>,
+    limits: Limits,
+) -> anyhow::Result<std::process::ExitCode> {
+    let temp;
+    let data_dir = match data_dir {
+        Some(dir) => dir,
+        None => {
+            temp = tempfile::tempdir().context("cannot create a temporary data directory")?;
+            temp.path().to_path_buf()
+        }
+    };
+    let mut config = Config::parse(Path::new("<invoke>"), "").context("empty config")?;
+    config.data_dir = data_dir.clone();
+    config.backends.db = switchyard::config::DbBackendConfig::Sqlite { path: None, init: init_sql };
+    let runtime = Runtime::new(RuntimeOptions {
+        cache_dir: Some(data_dir.join("compiled")),
+        max_memory_mib: limits.memory_mib,
+        ..RuntimeOptions::default()
+    })?;
+    let plugin = runtime.load(wasm)?;
+    let backends = Arc::new(backends::open(&config).await.context("cannot open the embedded backends")?);
+    let ctx = InvokeContext {
+        caps: Arc::new(Capabilities::unrestricted(backends)),
+        limits,
+        tenant: "invoke".into(),
+        handler: wasm.display().to_string().into(),
+        record_effects: true,
+    };
+    let invocation = runtime.invoke(&plugin, &message, &ctx).await;
+    let outcome = match &invocation.outcome {
+        Outcome::Ok => serde_json::json!({ "outcome": "ok" }),
+        Outcome::Retry { delay, reason } => {
+            serde_json::json!({ "outcome": "retry", "delay_ms": delay.as_millis() as u64, "reason": reason })
+        }
+        Outcome::Reject(reason) => serde_json::json!({ "outcome": "reject", "reason": reason }),
+        Outcome::Failed(f) => serde_json::json!({ "outcome": invocation.outcome.kind(), "reason": f.to_string() }),
+    };
+    let report = serde_json::json!({
+        "handler": wasm.display().to_string(),
+        "digest": plugin.digest,
+        "result": outcome,
+        "effects": invocation.effects,
+        "data_dir": data_dir.display().to_string(),
+    });
+    println!("{}", serde_json::to_string_pretty(&report)?);
+    Ok(if invocation.outcome == Outcome::Ok { std::process::ExitCode::SUCCESS } else { std::process::ExitCode::from(2) })
+}
+
+fn check(path: &Path) -> anyhow::Result<std::process::ExitCode> {
+    let config = Config::load(path)?;
+    let runtime = Runtime::new(dispatch::runtime_options(&config))?;
+    let handlers = dispatch::load_handlers(&config, &runtime)?;
+    if config.routes.is_empty() {
+        bail!("{}: no routes: no message would reach a handler", path.display());
+    }
+    println!(
+        "{}: ok: {} sources, {} handlers loaded, {} routes",
+        path.display(),
+        config.sources.len(),
+        handlers.len(),
+        config.routes.len()
+    );
+    Ok(std::process::ExitCode::SUCCESS)
+}

@@ -1,0 +1,294 @@
+//! The WebAssembly runtime: one engine on the pooling allocator, handler
+//! loading, and the invocation of one handler on one message in a fresh store
+//! with memory, time and fuel limits.
+
+#[allow(missing_docs)] // generated from the WIT, whose items are documented there
+pub mod bindings;
+pub mod plugin;
+pub mod state;
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Duration;
+
+use wasmtime::component::Linker;
+use wasmtime::{Config, Engine, InstanceAllocationStrategy, PoolingAllocationConfig, Store, Trap};
+
+use crate::capabilities::{Capabilities, Effect};
+use crate::config::Limits;
+use bindings::publish::Outgoing;
+use bindings::{HandlerError, Message};
+pub use plugin::{LoadError, Plugin};
+use state::{HostState, LogContext};
+
+/// How often the epoch advances. Deadlines are rounded up to whole ticks.
+const EPOCH_TICK: Duration = Duration::from_millis(5);
+
+/// The runtime could not be set up.
+#[derive(Debug, thiserror::Error)]
+pub enum RuntimeError {
+    /// The engine rejected its configuration.
+    #[error("cannot create the WebAssembly engine: {0}")]
+    Engine(String),
+    /// The host functions could not be added to the linker.
+    #[error("cannot link host functions: {0}")]
+    Linker(String),
+}
+
+/// Settings for the engine, shared by every handler it runs.
+#[derive(Debug, Clone)]
+pub struct RuntimeOptions {
+    /// Where compiled code is cached, by content digest. None disables the cache.
+    pub cache_dir: Option<PathBuf>,
+    /// The largest memory limit any handler has, in MiB; sizes the pool's slots.
+    pub max_memory_mib: u64,
+    /// How many instances may be alive at once across all handlers.
+    pub max_instances: u32,
+    /// Whether any handler has a fuel limit; fuel metering costs every
+    /// handler some speed, so it is only switched on when needed.
+    pub fuel: bool,
+}
+
+impl Default for RuntimeOptions {
+    fn default() -> Self {
+        Self { cache_dir: None, max_memory_mib: 64, max_instances: 1000, fuel: false }
+    }
+}
+
+/// How one invocation ended.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Outcome {
+    /// The handler returned ok.
+    Ok,
+    /// The handler asked to be retried.
+    Retry {
+        /// The delay it asked for.
+        delay: Duration,
+        /// Why.
+        reason: String,
+    },
+    /// The handler rejected the message.
+    Reject(String),
+    /// The instance trapped, or hit a limit. Retried under the route's policy.
+    Failed(Failure),
+}
+
+/// Why an instance ended abnormally.
+#[derive(Debug, Clone, PartialEq, thiserror::Error)]
+pub enum Failure {
+    /// The handler trapped: a panic, an unreachable, a stack overflow.
+    #[error("handler trapped: {0}")]
+    Trap(String),
+    /// The handler ran past its wall-time limit.
+    #[error("handler timed out after {0} ms")]
+    Timeout(u64),
+    /// The handler tried to grow its memory past its limit.
+    #[error("handler exceeded its memory limit of {0} MiB")]
+    Memory(u64),
+    /// The handler used up its fuel.
+    #[error("handler ran out of fuel ({0} units)")]
+    Fuel(u64),
+    /// No instance could be created, for example because the pool is full.
+    #[error("cannot instantiate handler: {0}")]
+    Instantiate(String),
+}
+
+impl Outcome {
+    /// A short name for logs and metrics.
+    pub fn kind(&self) -> &'static str {
+        match self {
+            Outcome::Ok => "ok",
+            Outcome::Retry { .. } => "retry",
+            Outcome::Reject(_) => "reject",
+            Outcome::Failed(Failure::Trap(_)) => "trap",
+            Outcome::Failed(Failure::Timeout(_)) => "timeout",
+            Outcome::Failed(Failure::Memory(_)) => "memory",
+            Outcome::Failed(Failure::Fuel(_)) => "fuel",
+            Outcome::Failed(Failure::Instantiate(_)) => "instantiate",
+        }
+    }
+}
+
+/// The result of one invocation: its outcome, and what it left to publish.
+#[derive(Debug)]
+pub struct Invocation {
+    /// How it ended.
+    pub outcome: Outcome,
+    /// Messages to publish now that it returned ok; empty otherwise.
+    pub outbox: Vec<Outgoing>,
+    /// Messages to publish if the message finally fails.
+    pub compensations: Vec<Outgoing>,
+    /// Every capability call, if a record was asked for.
+    pub effects: Vec<Effect>,
+}
+
+/// What an invocation runs as: the tenant's capabilities and the handler's limits.
+#[derive(Clone)]
+pub struct InvokeContext {
+    /// The backends and the tenant's grants.
+    pub caps: Arc<Capabilities>,
+    /// The handler's limits.
+    pub limits: Limits,
+    /// The tenant, for logs.
+    pub tenant: Arc<str>,
+    /// The handler name, for logs.
+    pub handler: Arc<str>,
+    /// Keep a record of every capability call in [`Invocation::effects`].
+    pub record_effects: bool,
+}
+
+/// The engine, the linker with every host function, and the ticker that
+/// enforces deadlines. One per host process.
+pub struct Runtime {
+    engine: Engine,
+    linker: Linker<HostState>,
+    cache_dir: Option<PathBuf>,
+    fuel: bool,
+    _ticker: EpochTicker,
+}
+
+impl Runtime {
+    /// Create the engine and the linker.
+    pub fn new(options: RuntimeOptions) -> Result<Self, RuntimeError> {
+        let mut pool = PoolingAllocationConfig::default();
+        let slot_bytes = usize::try_from(options.max_memory_mib << 20).unwrap_or(usize::MAX);
+        pool.total_component_instances(options.max_instances)
+            .total_core_instances(options.max_instances.saturating_mul(4))
+            .total_memories(options.max_instances.saturating_mul(2))
+            .total_tables(options.max_instances.saturating_mul(4))
+            .max_memory_size(slot_bytes)
+            .max_core_instances_per_component(64)
+            .max_memories_per_component(8)
+            .max_tables_per_component(32)
+            .table_elements(TABLE_ELEMENTS)
+            // Keep the first pages of each slot mapped between instances, so
+            // the next instance does not fault them in again.
+            .linear_memory_keep_resident(1 << 20)
+            .table_keep_resident(1 << 16);
+
+        let mut config = Config::new();
+        config
+            .allocation_strategy(InstanceAllocationStrategy::Pooling(pool))
+            .epoch_interruption(true)
+            .consume_fuel(options.fuel)
+            .wasm_backtrace_details(wasmtime::WasmBacktraceDetails::Disable)
+            .max_wasm_stack(1 << 20);
+        let engine = Engine::new(&config).map_err(|e| RuntimeError::Engine(format!("{e:#}")))?;
+
+        let mut linker = Linker::new(&engine);
+        wasmtime_wasi::p2::add_to_linker_async(&mut linker).map_err(|e| RuntimeError::Linker(format!("{e:#}")))?;
+        bindings::Handler::add_to_linker::<_, wasmtime::component::HasSelf<_>>(&mut linker, |s| s)
+            .map_err(|e| RuntimeError::Linker(format!("{e:#}")))?;
+
+        let ticker = EpochTicker::start(engine.clone());
+        Ok(Self { engine, linker, cache_dir: options.cache_dir, fuel: options.fuel, _ticker: ticker })
+    }
+
+    /// The engine, for tests and tools that compile components themselves.
+    pub fn engine(&self) -> &Engine {
+        &self.engine
+    }
+
+    /// Load, validate and pre-instantiate a handler from a .wasm file. The
+    /// compiled code comes from the cache when this exact file was compiled before.
+    pub fn load(&self, path: &Path) -> Result<Plugin, LoadError> {
+        plugin::load(&self.engine, &self.linker, self.cache_dir.as_deref(), path)
+    }
+
+    /// Like [`Runtime::load`], from bytes in memory; `path` names it in errors.
+    pub fn load_bytes(&self, path: &Path, bytes: &[u8]) -> Result<Plugin, LoadError> {
+        plugin::load_bytes(&self.engine, &self.linker, self.cache_dir.as_deref(), path, bytes)
+    }
+
+    /// Run `plugin` on `message` in a fresh instance, within `ctx.limits`.
+    /// Never fails: every way the handler can end is an [`Outcome`].
+    pub async fn invoke(&self, plugin: &Plugin, message: &Message, ctx: &InvokeContext) -> Invocation {
+        let limits = ctx.limits;
+        let memory_limit = usize::try_from(limits.memory_mib << 20).unwrap_or(usize::MAX);
+        let log_context =
+            LogContext { tenant: ctx.tenant.clone(), handler: ctx.handler.clone(), message_id: message.id.clone() };
+        let mut state = HostState::new(ctx.caps.clone(), memory_limit, message.reply_to.clone(), log_context);
+        if ctx.record_effects {
+            state.effects = Some(Vec::new());
+        }
+        let mut store = Store::new(&self.engine, state);
+        store.limiter(|s| s);
+        store.set_epoch_deadline(ticks(limits.timeout_ms));
+        store.epoch_deadline_trap();
+        if self.fuel {
+            let _ = store.set_fuel(limits.fuel.unwrap_or(u64::MAX));
+        }
+
+        let run = async {
+            let handler = plugin.pre.instantiate_async(&mut store).await.map_err(|e| Err(e))?;
+            handler.call_handle(&mut store, message).await.map_err(Ok)
+        };
+        let result = tokio::time::timeout(Duration::from_millis(limits.timeout_ms), run).await;
+        let outcome = match result {
+            Err(_elapsed) => Outcome::Failed(Failure::Timeout(limits.timeout_ms)),
+            Ok(Ok(Ok(()))) => Outcome::Ok,
+            Ok(Ok(Err(HandlerError::Retry(r)))) => {
+                Outcome::Retry { delay: Duration::from_millis(r.delay_ms), reason: r.reason }
+            }
+            Ok(Ok(Err(HandlerError::Reject(reason)))) => Outcome::Reject(reason),
+            Ok(Err(Err(e))) => Outcome::Failed(Failure::Instantiate(format!("{e:#}"))),
+            Ok(Err(Ok(e))) => Outcome::Failed(classify(&e, store.data(), &limits)),
+        };
+        let state = store.into_data();
+        let ok = outcome == Outcome::Ok;
+        Invocation {
+            outcome,
+            outbox: if ok { state.outbox } else { Vec::new() },
+            compensations: state.compensations,
+            effects: state.effects.unwrap_or_default(),
+        }
+    }
+}
+
+/// The most table elements any one table may have in the pool.
+const TABLE_ELEMENTS: usize = 100_000;
+
+fn ticks(timeout_ms: u64) -> u64 {
+    let tick = EPOCH_TICK.as_millis() as u64;
+    timeout_ms.div_ceil(tick) + 1
+}
+
+fn classify(error: &wasmtime::Error, state: &HostState, limits: &Limits) -> Failure {
+    match error.downcast_ref::<Trap>() {
+        Some(Trap::Interrupt) => Failure::Timeout(limits.timeout_ms),
+        Some(Trap::OutOfFuel) => Failure::Fuel(limits.fuel.unwrap_or_default()),
+        _ if state.memory_exceeded => Failure::Memory(limits.memory_mib),
+        Some(trap) => Failure::Trap(trap.to_string()),
+        None => Failure::Trap(format!("{error:#}")),
+    }
+}
+
+/// Advances the engine's epoch every [`EPOCH_TICK`] on its own thread, so a
+/// handler spinning in WebAssembly hits its deadline even though it never
+/// yields to the async runtime.
+struct EpochTicker {
+    stop: Arc<std::sync::atomic::AtomicBool>,
+}
+
+impl EpochTicker {
+    fn start(engine: Engine) -> Self {
+        let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let flag = stop.clone();
+        let spawned = std::thread::Builder::new().name("switchyard-epoch".into()).spawn(move || {
+            while !flag.load(std::sync::atomic::Ordering::Relaxed) {
+                std::thread::sleep(EPOCH_TICK);
+                engine.increment_epoch();
+            }
+        });
+        if let Err(e) = spawned {
+            tracing::error!(error = %e, "cannot start the epoch thread; handler deadlines rely on the async timeout alone");
+        }
+        Self { stop }
+    }
+}
+
+impl Drop for EpochTicker {
+    fn drop(&mut self) {
+        self.stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    }
+}

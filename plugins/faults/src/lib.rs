@@ -1,0 +1,90 @@
+//! A handler that fails on request, to test how the host contains failures.
+//!
+//! The payload is JSON `{"mode": "..."}`:
+//! - `ok`: ack;
+//! - `retry`: ask for a retry after `delay_ms` (default 50);
+//! - `flaky`: retry until attempt `succeed_on` (default 3), then ack;
+//! - `reject`: dead-letter with a reason;
+//! - `trap`: panic, which traps the instance;
+//! - `loop`: spin forever, until the host's deadline stops it;
+//! - `oom`: allocate until the memory limit stops it;
+//! - `recurse`: recurse until the stack overflows;
+//! - `cache`: set `key` (default `faults:hit`) in the cache and ack.
+//!
+//! A payload that is not JSON is rejected, as any JSON handler should do.
+//!
+//! Build: `cargo build --manifest-path plugins/Cargo.toml --target wasm32-wasip2 --release -p faults`
+
+wit_bindgen::generate!({ path: "../../wit", world: "handler" });
+
+use serde::Deserialize;
+use switchyard::handler::types::RetryRequest;
+use switchyard::handler::{cache, log};
+
+#[derive(Deserialize)]
+struct Request {
+    mode: String,
+    #[serde(default)]
+    delay_ms: Option<u64>,
+    #[serde(default)]
+    succeed_on: Option<u32>,
+    #[serde(default)]
+    key: Option<String>,
+}
+
+struct Faults;
+
+impl Guest for Faults {
+    fn handle(msg: Message) -> Result<(), HandlerError> {
+        let req: Request = serde_json::from_slice(&msg.payload)
+            .map_err(|e| HandlerError::Reject(format!("payload is not a fault request: {e}")))?;
+        log::log(log::Level::Debug, &format!("fault mode {} attempt {}", req.mode, msg.attempt));
+        match req.mode.as_str() {
+            "ok" => Ok(()),
+            "retry" => Err(HandlerError::Retry(RetryRequest {
+                delay_ms: req.delay_ms.unwrap_or(50),
+                reason: "asked to retry".into(),
+            })),
+            "flaky" if msg.attempt < req.succeed_on.unwrap_or(3) => Err(HandlerError::Retry(RetryRequest {
+                delay_ms: req.delay_ms.unwrap_or(10),
+                reason: format!("flaky on attempt {}", msg.attempt),
+            })),
+            "flaky" => Ok(()),
+            "reject" => Err(HandlerError::Reject("asked to reject".into())),
+            "trap" => panic!("asked to trap"),
+            "loop" => {
+                let mut n: u64 = 0;
+                loop {
+                    n = std::hint::black_box(n.wrapping_add(1));
+                }
+            }
+            "oom" => {
+                let mut hoard: Vec<Vec<u8>> = Vec::new();
+                loop {
+                    hoard.push(vec![1u8; 1 << 20]);
+                    std::hint::black_box(&hoard);
+                }
+            }
+            "recurse" => {
+                std::hint::black_box(recurse(std::hint::black_box(1)));
+                Ok(())
+            }
+            "cache" => {
+                let key = req.key.unwrap_or_else(|| "faults:hit".into());
+                cache::set(&key, &msg.attempt.to_le_bytes(), None)
+                    .map_err(|e| HandlerError::Reject(format!("cache set {key}: {e:?}")))
+            }
+            other => Err(HandlerError::Reject(format!("unknown fault mode {other:?}"))),
+        }
+    }
+}
+
+fn recurse(n: u64) -> u64 {
+    if n == 0 {
+        return 0; // never: n starts at 1 and only grows
+    }
+    let frame = std::hint::black_box([n; 64]);
+    recurse(frame[3].wrapping_add(1)).wrapping_add(frame[7])
+}
+
+export!(Faults);
