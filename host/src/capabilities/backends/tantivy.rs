@@ -41,6 +41,9 @@ impl Op {
 struct Fields {
     id: Field,
     source: Field,
+    /// Every string and number in the document, for bare terms.
+    all: Field,
+    /// The document as a JSON field, for `field:term`.
     body: Field,
 }
 
@@ -81,13 +84,14 @@ fn open_index(dir: &Path) -> Result<OpenIndex, BackendError> {
     let mut schema = Schema::builder();
     schema.add_text_field("id", STRING | STORED);
     schema.add_text_field("_source", STORED);
+    schema.add_text_field("_all", TEXT);
     schema.add_json_field("body", JsonObjectOptions::from(TEXT));
     let schema = schema.build();
     let directory = tantivy::directory::MmapDirectory::open(dir).map_err(|e| BackendError::Unavailable(e.to_string()))?;
     let index = Index::open_or_create(directory, schema).map_err(unavailable)?;
     let schema = index.schema();
     let field = |name: &str| schema.get_field(name).map_err(unavailable);
-    let fields = Fields { id: field("id")?, source: field("_source")?, body: field("body")? };
+    let fields = Fields { id: field("id")?, source: field("_source")?, all: field("_all")?, body: field("body")? };
     let writer = index.writer_with_num_threads(1, WRITER_BYTES).map_err(unavailable)?;
     let reader = index.reader_builder().reload_policy(ReloadPolicy::Manual).try_into().map_err(unavailable)?;
     Ok(OpenIndex { index, reader, writer: Mutex::new(writer), fields })
@@ -153,6 +157,9 @@ fn apply(indexes: &Indexes, batch: Vec<Op>) -> Vec<Result<(), BackendError>> {
                         let mut doc = TantivyDocument::default();
                         doc.add_text(f.id, &id);
                         doc.add_text(f.source, serde_json::Value::Object(document.clone()).to_string());
+                        let mut all = String::new();
+                        collect_text(&serde_json::Value::Object(document.clone()), &mut all);
+                        doc.add_text(f.all, all);
                         doc.add_field_value(f.body, &tantivy::schema::OwnedValue::from(document));
                         writer
                             .add_document(doc)
@@ -180,6 +187,23 @@ fn apply(indexes: &Indexes, batch: Vec<Op>) -> Vec<Result<(), BackendError>> {
         }
     }
     results
+}
+
+/// Append every string and number in `value` to `out`, space-separated.
+fn collect_text(value: &serde_json::Value, out: &mut String) {
+    match value {
+        serde_json::Value::String(s) => {
+            out.push_str(s);
+            out.push(' ');
+        }
+        serde_json::Value::Number(n) => {
+            out.push_str(&n.to_string());
+            out.push(' ');
+        }
+        serde_json::Value::Array(items) => items.iter().for_each(|v| collect_text(v, out)),
+        serde_json::Value::Object(map) => map.values().for_each(|v| collect_text(v, out)),
+        serde_json::Value::Bool(_) | serde_json::Value::Null => {}
+    }
 }
 
 #[async_trait]
@@ -210,7 +234,7 @@ impl SearchBackend for TantivySearch {
 }
 
 fn search(open: &OpenIndex, index: &str, query: &str, limit: usize) -> Result<Vec<Hit>, BackendError> {
-    let parser = QueryParser::for_index(&open.index, vec![open.fields.body]);
+    let parser = QueryParser::for_index(&open.index, vec![open.fields.all, open.fields.body]);
     let parsed = parser
         .parse_query(query)
         .map_err(|e| BackendError::Invalid(format!("query {query:?} on index {index}: {e}")))?;
@@ -260,6 +284,8 @@ mod tests {
         assert!(search.query("missing", "x", 10).await.unwrap().is_empty());
         assert!(matches!(search.query("products", "name:(", 10).await, Err(BackendError::Invalid(_))));
         drop(search);
+        // The writer task lets go of the index lock once it sees its channel close.
+        tokio::time::sleep(std::time::Duration::from_millis(200)).await;
 
         // The index is on disk: a new backend over the same directory finds it.
         let reopened = TantivySearch::open(dir.path()).unwrap();
