@@ -134,7 +134,12 @@ async fn every_failure_mode_fails_only_its_own_message() {
     let (trap_reason, _) = reason_of("trap");
     assert!(trap_reason.contains("unreachable"), "a panic traps as unreachable: {trap_reason}");
     let (recurse_reason, _) = reason_of("recurse");
-    assert!(recurse_reason.contains("stack"), "deep recursion exhausts the stack: {recurse_reason}");
+    // Rust keeps its stack in linear memory: deep recursion runs off its bottom
+    // (out of bounds), or exhausts the engine's own stack first.
+    assert!(
+        recurse_reason.contains("out of bounds") || recurse_reason.contains("stack"),
+        "deep recursion exhausts the stack: {recurse_reason}"
+    );
     let denied = &dead.iter().find(|d| d["id"] == "denied").unwrap();
     assert_eq!(common::header(denied, "switchyard-tenant").unwrap(), "t");
     assert_eq!(common::header(denied, "switchyard-handler").unwrap(), "faults");
