@@ -67,6 +67,18 @@ enum Command {
         /// The config file.
         config: PathBuf,
     },
+    /// Query a search index of a config's search backend.
+    Search {
+        /// The config file.
+        config: PathBuf,
+        /// The index.
+        index: String,
+        /// The query: terms, "phrases", field:term.
+        query: String,
+        /// The most hits to show.
+        #[arg(long, default_value_t = 10)]
+        limit: usize,
+    },
     /// Measure dispatch cost per message against a native function.
     Bench {
         /// The trivial handler to measure.
@@ -126,6 +138,16 @@ async fn dispatch_command(command: Command) -> anyhow::Result<std::process::Exit
             invoke(&wasm, message, data_dir, init_sql, limits).await
         }
         Command::Check { config } => check(&config),
+        Command::Search { config, index, query, limit } => {
+            let config = Config::load(&config)?;
+            let search = backends::open_search(&config).context("cannot open the search backend")?;
+            let hits = search.query(&index, &query, limit).await.context("search failed")?;
+            for hit in &hits {
+                println!("{:>8.3}  {}  {}", hit.score, hit.id, hit.document);
+            }
+            eprintln!("{} hits", hits.len());
+            Ok(std::process::ExitCode::SUCCESS)
+        }
         Command::Bench { plugin, messages } => {
             let r = switchyard::bench::dispatch(&plugin, messages).await?;
             println!("dispatch benchmark: {} messages each, trivial handler {}", r.messages, plugin.display());

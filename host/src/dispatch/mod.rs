@@ -220,6 +220,7 @@ impl Host {
     /// being handled finish and are settled, and the counters are returned.
     pub async fn run(self, shutdown: CancellationToken) -> Snapshot {
         let Host { shared, routes, sources, local, progress } = self;
+        let started = std::time::Instant::now();
         let intake = shutdown.child_token();
         // Retry waits end on shutdown; the message stays unsettled on its
         // source and is delivered again after a restart.
@@ -285,7 +286,7 @@ impl Host {
         let _ = local_consumer.await;
         if let Some(printer) = printer {
             printer.abort();
-            eprintln!("{}", Progress::default().line(shared.stats.snapshot()));
+            eprintln!("{}", Progress::summary(started, shared.stats.snapshot()));
         }
         shared.stats.snapshot()
     }

@@ -62,6 +62,18 @@ impl Default for Progress {
 }
 
 impl Progress {
+    /// The closing line: totals, and the average rate over the whole run.
+    pub fn summary(started: Instant, now: Snapshot) -> String {
+        let elapsed = started.elapsed().max(Duration::from_millis(1)).as_secs_f64();
+        format!(
+            "[{elapsed:>6.1}s] done: handled {} | retried {} | dead-lettered {} | {:.0} msg/s on average",
+            now.handled,
+            now.retried,
+            now.dead_lettered,
+            (now.handled + now.dead_lettered) as f64 / elapsed
+        )
+    }
+
     /// The line for `now`: totals, and messages settled per second since the last line.
     pub fn line(&mut self, now: Snapshot) -> String {
         let elapsed = self.at.elapsed().max(Duration::from_millis(1)).as_secs_f64();

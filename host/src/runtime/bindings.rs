@@ -15,5 +15,5 @@ wasmtime::component::bindgen!({
     },
 });
 
-pub use switchyard::handler::types::{CapabilityError, RetryRequest};
-pub use switchyard::handler::{cache, db, log, publish, search, types};
+pub use self::switchyard::handler::types::{CapabilityError, RetryRequest};
+pub use self::switchyard::handler::{cache, db, log, publish, search, types};

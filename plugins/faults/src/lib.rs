@@ -9,7 +9,8 @@
 //! - `loop`: spin forever, until the host's deadline stops it;
 //! - `oom`: allocate until the memory limit stops it;
 //! - `recurse`: recurse until the stack overflows;
-//! - `cache`: set `key` (default `faults:hit`) in the cache and ack.
+//! - `cache`: set `key` (default `faults:hit`) in the cache and ack;
+//! - `busy`: compute for `delay_ms` milliseconds, then ack.
 //!
 //! A payload that is not JSON is rejected, as any JSON handler should do.
 //!
@@ -67,6 +68,13 @@ impl Guest for Faults {
             }
             "recurse" => {
                 std::hint::black_box(recurse(std::hint::black_box(1)));
+                Ok(())
+            }
+            "busy" => {
+                let until = std::time::Instant::now() + std::time::Duration::from_millis(req.delay_ms.unwrap_or(100));
+                while std::time::Instant::now() < until {
+                    std::hint::black_box(0);
+                }
                 Ok(())
             }
             "cache" => {

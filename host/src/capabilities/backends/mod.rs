@@ -36,11 +36,16 @@ pub async fn open(config: &Config) -> Result<Backends, BackendError> {
             Arc::new(sqlite::SqliteDb::open(&path, init).await?)
         }
     };
-    let search: Arc<dyn super::search::SearchBackend> = match &config.backends.search {
+    let search = open_search(config)?;
+    Ok(Backends { cache, db, search })
+}
+
+/// The search backend named in the config, alone.
+pub fn open_search(config: &Config) -> Result<Arc<dyn super::search::SearchBackend>, BackendError> {
+    Ok(match &config.backends.search {
         SearchBackendConfig::Tantivy { path } => {
             let path = path.clone().unwrap_or_else(|| config.data_dir.join("search"));
             Arc::new(tantivy::TantivySearch::open(&path)?)
         }
-    };
-    Ok(Backends { cache, db, search })
+    })
 }

@@ -1,0 +1,139 @@
+//! The `switchyard` command as a user runs it: `check`, `invoke`, and `run`
+//! with a graceful stop on SIGTERM.
+
+mod common;
+
+use std::path::Path;
+use std::process::{Command, Stdio};
+use std::time::Duration;
+
+use common::plugin;
+
+fn switchyard() -> Command {
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_switchyard"));
+    cmd.env("RUST_LOG", "warn");
+    cmd
+}
+
+fn quickstart() -> std::path::PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("../examples/quickstart/switchyard.toml")
+}
+
+#[test]
+fn check_accepts_the_quickstart() {
+    let out = switchyard().arg("check").arg(quickstart()).output().unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "{stdout}{}", String::from_utf8_lossy(&out.stderr));
+    assert!(stdout.contains("ok: 1 sources, 3 handlers loaded, 3 routes"), "{stdout}");
+}
+
+#[test]
+fn check_names_the_file_and_the_unknown_field() {
+    let dir = tempfile::tempdir().unwrap();
+    let text = std::fs::read_to_string(quickstart()).unwrap().replace("max_attempts = 3", "max_atempts = 3");
+    let path = dir.path().join("typo.toml");
+    std::fs::write(&path, text).unwrap();
+    let out = switchyard().arg("check").arg(&path).output().unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success());
+    assert!(stderr.contains("typo.toml"), "{stderr}");
+    assert!(stderr.contains("unknown field `max_atempts`"), "{stderr}");
+}
+
+#[test]
+fn check_names_the_handler_whose_wasm_is_broken() {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(dir.path().join("broken.wasm"), b"\0asm\x0d\0\x01\0garbage").unwrap();
+    let text = format!(
+        "[sources.s]\ntype = \"file\"\npath = \"m.jsonl\"\n[tenants.acme.handlers.resize]\nwasm = \"broken.wasm\"\n\
+         [[routes]]\nsource = \"s\"\ntopic = \"*\"\ntenant = \"acme\"\nhandler = \"resize\"\n"
+    );
+    let path = dir.path().join("c.toml");
+    std::fs::write(&path, text).unwrap();
+    let out = switchyard().arg("check").arg(&path).output().unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success());
+    assert!(stderr.contains("tenant \"acme\" handler \"resize\""), "{stderr}");
+    assert!(stderr.contains("broken.wasm is not a valid component"), "{stderr}");
+}
+
+#[test]
+fn invoke_prints_the_outcome_and_every_effect() {
+    let out = switchyard()
+        .args(["invoke", "--topic", "product.changed", "--payload", r#"{"id": "p9", "name": "lamp"}"#])
+        .arg(plugin("cache_update"))
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let report: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(report["result"]["outcome"], "ok");
+    let effects = report["effects"].as_array().unwrap();
+    assert_eq!(effects.len(), 1);
+    assert_eq!(effects[0]["effect"], "cache-set");
+    assert_eq!(effects[0]["key"], "product:p9");
+    let value: serde_json::Value = serde_json::from_str(effects[0]["value"].as_str().unwrap()).unwrap();
+    assert_eq!(value["name"], "lamp");
+}
+
+#[test]
+fn invoke_shows_a_reject_and_exits_non_zero() {
+    let out = switchyard()
+        .args(["invoke", "--payload", "not json"])
+        .arg(plugin("cache_update"))
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(2));
+    let report: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(report["result"]["outcome"], "reject");
+    assert!(report["result"]["reason"].as_str().unwrap().starts_with("malformed product change"));
+    assert_eq!(report["effects"].as_array().unwrap().len(), 0);
+}
+
+#[test]
+fn invoke_reports_db_and_publish_effects() {
+    let out = switchyard()
+        .args(["invoke", "--topic", "order.placed", "--payload", r#"{"id": "o1", "customer": "c1", "total": 9.5}"#])
+        .args(["--init-sql", "CREATE TABLE orders (id TEXT PRIMARY KEY, customer TEXT, total REAL)"])
+        .arg(plugin("order_insert"))
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stdout));
+    let report: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let effects = report["effects"].as_array().unwrap();
+    assert_eq!(effects[0]["effect"], "db-execute");
+    assert_eq!(effects[0]["params"], serde_json::json!(["o1", "c1", 9.5]));
+    assert_eq!(effects[1]["effect"], "publish");
+    assert_eq!(effects[1]["destination"], "order.recorded");
+}
+
+#[test]
+fn run_drains_and_exits_zero_on_sigterm() {
+    let dir = tempfile::tempdir().unwrap();
+    let port = common::free_port();
+    let text = format!(
+        "data_dir = \".\"\n[sources.web]\ntype = \"http\"\nlisten = \"127.0.0.1:{port}\"\n\
+         [tenants.t.grants]\ncache_prefixes = [\"faults:\"]\n\
+         [tenants.t.handlers.faults]\nwasm = \"{}\"\n\
+         [[routes]]\nsource = \"web\"\ntopic = \"*\"\ntenant = \"t\"\nhandler = \"faults\"\n",
+        plugin("faults").display()
+    );
+    let path = dir.path().join("c.toml");
+    std::fs::write(&path, text).unwrap();
+    let child = switchyard().arg("run").arg(&path).stdout(Stdio::piped()).stderr(Stdio::piped()).spawn().unwrap();
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    rt.block_on(async {
+        common::wait_for_port(port).await;
+        // A message that takes a while: it must finish, not be cut off.
+        let url = format!("http://127.0.0.1:{port}/topics/slow");
+        let slow = tokio::spawn(async move { common::post(&url, &[], br#"{"mode": "busy", "delay_ms": 600}"#).await });
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        let kill = Command::new("kill").args(["-TERM", &child.id().to_string()]).status().unwrap();
+        assert!(kill.success());
+        let (status, body) = slow.await.unwrap();
+        assert_eq!(status, 200, "the message in flight finishes and is acked: {body}");
+        // Intake has stopped.
+        assert!(tokio::net::TcpStream::connect(("127.0.0.1", port)).await.is_err(), "still accepting after SIGTERM");
+    });
+    let out = child.wait_with_output().unwrap();
+    assert!(out.status.success(), "exit {:?}: {}", out.status, String::from_utf8_lossy(&out.stderr));
+}
