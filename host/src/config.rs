@@ -288,6 +288,10 @@ pub struct RouteConfig {
     /// the handler. Example: `max_message_bytes = 1048576` (the default).
     #[serde(default = "defaults::max_message_bytes")]
     pub max_message_bytes: usize,
+    /// Limits for this route's invocations, replacing the handler's own.
+    /// Example: `limits = { memory_mib = 16, timeout_ms = 200 }`.
+    #[serde(default)]
+    pub limits: Option<Limits>,
 }
 
 mod defaults {
@@ -361,15 +365,18 @@ impl Config {
                     .map_err(|e| invalid(format!("sources.{name}.listen"), format!("{listen:?} is not an address: {e}")))?;
             }
         }
+        let check_limits = |field: String, limits: &Limits| {
+            if limits.memory_mib == 0 || limits.memory_mib > MAX_MEMORY_MIB {
+                return Err(invalid(format!("{field}.memory_mib"), format!("must be between 1 and {MAX_MEMORY_MIB}")));
+            }
+            if limits.timeout_ms == 0 {
+                return Err(invalid(format!("{field}.timeout_ms"), "must be at least 1".into()));
+            }
+            Ok(())
+        };
         for (tenant, t) in &self.tenants {
             for (handler, h) in &t.handlers {
-                let field = format!("tenants.{tenant}.handlers.{handler}.limits");
-                if h.limits.memory_mib == 0 || h.limits.memory_mib > MAX_MEMORY_MIB {
-                    return Err(invalid(format!("{field}.memory_mib"), format!("must be between 1 and {MAX_MEMORY_MIB}")));
-                }
-                if h.limits.timeout_ms == 0 {
-                    return Err(invalid(format!("{field}.timeout_ms"), "must be at least 1".into()));
-                }
+                check_limits(format!("tenants.{tenant}.handlers.{handler}.limits"), &h.limits)?;
             }
         }
         for (i, route) in self.routes.iter().enumerate() {
@@ -391,6 +398,9 @@ impl Config {
             }
             if route.max_attempts == 0 {
                 return Err(invalid(field("max_attempts"), "must be at least 1".into()));
+            }
+            if let Some(limits) = &route.limits {
+                check_limits(field("limits"), limits)?;
             }
         }
         Ok(())

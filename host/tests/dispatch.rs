@@ -72,7 +72,6 @@ const FAULTS: &str = r#"
 
     [tenants.t.handlers.faults]
     wasm = "WASM"
-    limits = { memory_mib = 16, timeout_ms = 300 }
 
     [[routes]]
     source = "in"
@@ -83,6 +82,7 @@ const FAULTS: &str = r#"
     retry_base_ms = 5
     retry_max_ms = 50
     max_message_bytes = 4096
+    limits = { memory_mib = 16, timeout_ms = 300 }
 "#;
 
 #[tokio::test]

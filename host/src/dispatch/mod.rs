@@ -16,7 +16,7 @@ use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 use tracing::Instrument;
 
-use crate::capabilities::publish::Publisher;
+use crate::capabilities::publish::{PublishRouter, Publisher};
 use crate::capabilities::{Backends, Capabilities, backends};
 use crate::config::{Config, ConfigError, RouteConfig, SourceConfig};
 use crate::runtime::bindings::Message;
@@ -95,11 +95,16 @@ pub struct Host {
 
 /// Engine settings that fit every handler in `config`.
 pub fn runtime_options(config: &Config) -> RuntimeOptions {
-    let handlers = config.tenants.values().flat_map(|t| t.handlers.values());
+    let limits: Vec<_> = config
+        .tenants
+        .values()
+        .flat_map(|t| t.handlers.values().map(|h| h.limits))
+        .chain(config.routes.iter().filter_map(|r| r.limits))
+        .collect();
     RuntimeOptions {
         cache_dir: Some(config.data_dir.join("compiled")),
-        max_memory_mib: handlers.clone().map(|h| h.limits.memory_mib).max().unwrap_or(64),
-        fuel: handlers.clone().any(|h| h.limits.fuel.is_some()),
+        max_memory_mib: limits.iter().map(|l| l.memory_mib).max().unwrap_or(64),
+        fuel: limits.iter().any(|l| l.fuel.is_some()),
         ..RuntimeOptions::default()
     }
 }
@@ -155,7 +160,7 @@ impl Host {
             let (Some(plugin), Some(tenant_caps)) = (plugins.get(&key), caps.get(&route.tenant)) else {
                 continue; // `Config::validate` already refused dangling names.
             };
-            let limits = config.tenants[&route.tenant].handlers[&route.handler].limits;
+            let limits = route.limits.unwrap_or(config.tenants[&route.tenant].handlers[&route.handler].limits);
             routes.push(Route {
                 source: route.source.clone(),
                 pattern: TopicPattern::parse(&route.topic),
@@ -196,7 +201,7 @@ impl Host {
 
         let shared = Arc::new(Shared {
             runtime,
-            publisher: Arc::new(publisher),
+            publisher: Arc::new(PublishRouter::new(Arc::new(publisher))),
             stats,
             idle: tokio::sync::Notify::new(),
             shutdown: CancellationToken::new(),
