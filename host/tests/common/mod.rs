@@ -33,9 +33,9 @@ pub fn config_with_file(dir: &Path, template: &str, plugin_name: &str, lines: &[
 /// Build a host whose backends the test can inspect.
 pub async fn build_host(config: &Config) -> (Host, Arc<Backends>) {
     let runtime = Arc::new(Runtime::new(dispatch::runtime_options(config)).unwrap());
-    let plugins = dispatch::load_handlers(config, &runtime).unwrap();
+    let registry = dispatch::load_handlers(config, &runtime).unwrap();
     let backends = Arc::new(backends::open(config).await.unwrap());
-    let host = Host::assemble(config, runtime, plugins, backends.clone()).unwrap();
+    let host = Host::assemble(config, registry, backends.clone()).unwrap();
     (host, backends)
 }
 
