@@ -48,15 +48,28 @@ pub async fn run_host(config: &Config) -> (Snapshot, Arc<Backends>) {
     (stats, backends)
 }
 
-/// Start a host in the background; cancel the token to stop it.
-pub async fn started_host(
-    config: &Config,
-) -> (Arc<switchyard::dispatch::stats::Stats>, Arc<Backends>, CancellationToken, tokio::task::JoinHandle<Snapshot>) {
+/// A host running in the background.
+pub struct Running {
+    /// Its live counters.
+    pub stats: Arc<switchyard::dispatch::stats::Stats>,
+    /// Its backends.
+    pub backends: Arc<Backends>,
+    /// Its plugin registry.
+    pub registry: Arc<switchyard::runtime::registry::Registry>,
+    /// Cancel to stop it.
+    pub shutdown: CancellationToken,
+    /// Its run, ending with the final counters.
+    pub task: tokio::task::JoinHandle<Snapshot>,
+}
+
+/// Start a host in the background; cancel `shutdown` to stop it.
+pub async fn started_host(config: &Config) -> Running {
     let (host, backends) = build_host(config).await;
     let stats = host.stats();
+    let registry = host.registry();
     let shutdown = CancellationToken::new();
     let task = tokio::spawn(host.run(shutdown.clone()));
-    (stats, backends, shutdown, task)
+    Running { stats, backends, registry, shutdown, task }
 }
 
 /// The JSON lines of a dead-letter file.
