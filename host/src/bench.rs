@@ -35,6 +35,21 @@ pub enum BenchError {
     /// The handler did not ack the benchmark message.
     #[error("the benchmark handler did not return ok: {0:?}")]
     NotOk(Outcome),
+    /// A benchmark file could not be written.
+    #[error("benchmark file {0}: {1}")]
+    Io(String, std::io::Error),
+    /// The generated config was refused.
+    #[error(transparent)]
+    Config(#[from] crate::config::ConfigError),
+    /// A handler was refused.
+    #[error(transparent)]
+    Deploy(#[from] crate::runtime::registry::DeployError),
+    /// A backend could not be opened.
+    #[error(transparent)]
+    Backend(#[from] BackendError),
+    /// The host could not be built.
+    #[error(transparent)]
+    Host(#[from] crate::dispatch::HostError),
 }
 
 /// Per-message times, in nanoseconds.
@@ -181,4 +196,220 @@ pub async fn dispatch(plugin: &Path, messages: u32) -> Result<DispatchReport, Be
     let parallel_rate = f64::from(per_worker * workers) / start.elapsed().as_secs_f64();
 
     Ok(DispatchReport { messages, native_ns, wasm_ns, store_ns, instantiate_ns, parallel_rate })
+}
+
+/// What `switchyard bench density` measured.
+#[derive(Debug, Clone)]
+pub struct DensityReport {
+    /// Tenants loaded from one .wasm.
+    pub tenants: usize,
+    /// Seconds to load them, the host built and every handler run once.
+    pub tenants_start_s: f64,
+    /// Resident memory after loading them, in MiB.
+    pub tenants_rss_mib: f64,
+    /// Distinct handlers loaded.
+    pub distinct: usize,
+    /// Seconds to load them with an empty compiled-code cache.
+    pub distinct_cold_s: f64,
+    /// Seconds to load them again from the cache, in a new engine.
+    pub distinct_warm_s: f64,
+    /// Resident memory after loading them, in MiB.
+    pub distinct_rss_mib: f64,
+    /// Resident memory before either, in MiB.
+    pub baseline_rss_mib: f64,
+}
+
+/// The resident memory of this process, in MiB.
+pub fn rss_mib() -> f64 {
+    let status = std::fs::read_to_string("/proc/self/status").unwrap_or_default();
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<f64>().ok())
+        .map_or(0.0, |kb| kb / 1024.0)
+}
+
+/// A copy of a component that differs only by a custom section, so it has
+/// its own digest and compiles as a distinct handler.
+pub fn variant(component: &[u8], n: usize) -> Vec<u8> {
+    fn leb(mut v: usize, out: &mut Vec<u8>) {
+        loop {
+            let byte = (v & 0x7f) as u8;
+            v >>= 7;
+            if v == 0 {
+                out.push(byte);
+                return;
+            }
+            out.push(byte | 0x80);
+        }
+    }
+    let name = b"switchyard-variant";
+    let payload = n.to_le_bytes();
+    let mut body = Vec::new();
+    leb(name.len(), &mut body);
+    body.extend_from_slice(name);
+    body.extend_from_slice(&payload);
+    let mut out = component.to_vec();
+    out.push(0); // custom section
+    leb(body.len(), &mut out);
+    out.extend_from_slice(&body);
+    out
+}
+
+fn tenants_config(dir: &Path, handlers: &[std::path::PathBuf]) -> Result<crate::Config, BenchError> {
+    let mut text = String::from("data_dir = \".\"\n");
+    for (i, wasm) in handlers.iter().enumerate() {
+        text.push_str(&format!("[tenants.t{i}.handlers.h]\nwasm = {:?}\n", wasm.display().to_string()));
+    }
+    let path = dir.join("switchyard.toml");
+    std::fs::write(&path, text).map_err(|e| BenchError::Io(path.display().to_string(), e))?;
+    Ok(crate::Config::load(&path)?)
+}
+
+/// Load `tenants` tenants that share one .wasm, then `distinct` handlers
+/// built from distinct .wasm files, and measure start time and memory.
+pub async fn density(plugin: &Path, tenants: usize, distinct: usize) -> Result<DensityReport, BenchError> {
+    let baseline_rss_mib = rss_mib();
+    let io = |what: &Path, e| BenchError::Io(what.display().to_string(), e);
+    let plugin = &std::fs::canonicalize(plugin).map_err(|e| io(plugin, e))?;
+
+    let dir = tempfile::tempdir().map_err(|e| io(Path::new("temporary directory"), e))?;
+    let shared: Vec<_> = (0..tenants).map(|_| plugin.to_path_buf()).collect();
+    let config = tenants_config(dir.path(), &shared)?;
+    let msg = message();
+    let start = Instant::now();
+    let runtime = Arc::new(Runtime::new(crate::dispatch::runtime_options(&config))?);
+    let registry = crate::runtime::registry::Registry::load(&config, runtime.clone())?;
+    let backends = Arc::new(crate::capabilities::backends::open(&config).await?);
+    for slot in registry.slots() {
+        let ctx = InvokeContext {
+            caps: Arc::new(Capabilities::unrestricted(backends.clone())),
+            limits: Limits::default(),
+            tenant: slot.tenant.clone(),
+            handler: slot.handler.clone(),
+            record_effects: false,
+        };
+        let outcome = runtime.invoke(&slot.live().plugin, &msg, &ctx).await.outcome;
+        if outcome != Outcome::Ok {
+            return Err(BenchError::NotOk(outcome));
+        }
+    }
+    let tenants_start_s = start.elapsed().as_secs_f64();
+    let tenants_rss_mib = rss_mib();
+    drop(registry);
+
+    let bytes = std::fs::read(plugin).map_err(|e| io(plugin, e))?;
+    let variants_dir = tempfile::tempdir().map_err(|e| io(Path::new("temporary directory"), e))?;
+    let mut files = Vec::new();
+    for i in 0..distinct {
+        let path = variants_dir.path().join(format!("variant-{i}.wasm"));
+        std::fs::write(&path, variant(&bytes, i)).map_err(|e| io(&path, e))?;
+        files.push(path);
+    }
+    let config = tenants_config(variants_dir.path(), &files)?;
+    let start = Instant::now();
+    let cold = crate::runtime::registry::Registry::load(&config, Arc::new(Runtime::new(crate::dispatch::runtime_options(&config))?))?;
+    let distinct_cold_s = start.elapsed().as_secs_f64();
+    drop(cold);
+    let start = Instant::now();
+    let warm = crate::runtime::registry::Registry::load(&config, Arc::new(Runtime::new(crate::dispatch::runtime_options(&config))?))?;
+    let distinct_warm_s = start.elapsed().as_secs_f64();
+    let distinct_rss_mib = rss_mib();
+    drop(warm);
+
+    Ok(DensityReport {
+        tenants,
+        tenants_start_s,
+        tenants_rss_mib,
+        distinct,
+        distinct_cold_s,
+        distinct_warm_s,
+        distinct_rss_mib,
+        baseline_rss_mib,
+    })
+}
+
+/// What `switchyard bench isolation` measured.
+#[derive(Debug, Clone)]
+pub struct IsolationReport {
+    /// Messages of the well-behaved tenant.
+    pub messages: usize,
+    /// Its messages per second alone.
+    pub alone_rate: f64,
+    /// Its messages per second while the hostile tenant attacks.
+    pub attacked_rate: f64,
+    /// Attack messages the hostile tenant sent.
+    pub attacks: usize,
+}
+
+/// Run a well-behaved tenant alone, then next to a hostile tenant looping,
+/// bombing memory and recursing, and compare its throughput. The hostile
+/// tenant has the quotas a shared host would give an untrusted tenant: two
+/// invocations in flight, 50 per second, 100 ms and 16 MiB each.
+pub async fn isolation(
+    cache_update: &Path,
+    hostile: &Path,
+    messages: usize,
+    attacks: &[String],
+) -> Result<IsolationReport, BenchError> {
+    let absolute = |p: &Path| std::fs::canonicalize(p).map_err(|e| BenchError::Io(p.display().to_string(), e));
+    let (cache_update, hostile) = (&absolute(cache_update)?, &absolute(hostile)?);
+    let dir = tempfile::tempdir().map_err(|e| BenchError::Io("temporary directory".into(), e))?;
+    let good: String = (0..messages)
+        .map(|i| format!("{{\"topic\": \"product.changed\", \"payload\": {{\"id\": \"{i}\", \"name\": \"thing\"}}}}\n"))
+        .collect();
+    let attack_count = 600;
+    let bad: String = (0..attack_count)
+        .map(|i| format!("{{\"topic\": \"attack\", \"payload\": {{\"attack\": \"{}\"}}}}\n", attacks[i % attacks.len()]))
+        .collect();
+    let write = |name: &str, text: &str| {
+        let path = dir.path().join(name);
+        std::fs::write(&path, text).map_err(|e| BenchError::Io(path.display().to_string(), e))
+    };
+    write("good.jsonl", &good)?;
+    write("bad.jsonl", &bad)?;
+    let config_text = |with_attack: bool| {
+        let mut text = format!(
+            "data_dir = \".\"\n[sources.good]\ntype = \"file\"\npath = \"good.jsonl\"\nreplay = true\n\
+             [tenants.victim.grants]\ncache_prefixes = [\"product:\"]\n\
+             [tenants.victim.handlers.cache-update]\nwasm = {:?}\n\
+             [[routes]]\nsource = \"good\"\ntopic = \"*\"\ntenant = \"victim\"\nhandler = \"cache-update\"\nconcurrency = 32\n",
+            cache_update.display().to_string()
+        );
+        if with_attack {
+            text.push_str(&format!(
+                "[sources.bad]\ntype = \"file\"\npath = \"bad.jsonl\"\nreplay = true\n\
+                 [tenants.hostile.grants]\ncache_prefixes = [\"hostile:\"]\ndb_tables = [\"hostile\"]\npublish = [\"hostile.*\"]\n\
+                 [tenants.hostile.quotas]\nmax_in_flight = 2\nrate_per_sec = 50.0\ntimeout_ms = 100\nmemory_mib = 16\n\
+                 [tenants.hostile.handlers.attack]\nwasm = {:?}\n\
+                 [[routes]]\nsource = \"bad\"\ntopic = \"*\"\ntenant = \"hostile\"\nhandler = \"attack\"\nmax_attempts = 1\n",
+                hostile.display().to_string()
+            ));
+        }
+        text
+    };
+    let mut rates = Vec::new();
+    for with_attack in [false, true] {
+        let path = dir.path().join(format!("switchyard-{with_attack}.toml"));
+        std::fs::write(&path, config_text(with_attack)).map_err(|e| BenchError::Io(path.display().to_string(), e))?;
+        let config = crate::Config::load(&path)?;
+        let host = crate::Host::build(&config).await?;
+        let registry = host.registry();
+        let shutdown = tokio_util::sync::CancellationToken::new();
+        let run = tokio::spawn(host.run(shutdown.clone()));
+        let start = Instant::now();
+        let Some(victim) = registry.slot("victim", "cache-update").cloned() else {
+            return Err(BenchError::NotOk(Outcome::Reject("no victim handler".into())));
+        };
+        while victim.metrics.handled.load(std::sync::atomic::Ordering::Relaxed) < messages as u64 {
+            if start.elapsed() > Duration::from_secs(600) {
+                return Err(BenchError::NotOk(Outcome::Failed(crate::runtime::Failure::Timeout(600_000))));
+            }
+            tokio::time::sleep(Duration::from_millis(2)).await;
+        }
+        rates.push(messages as f64 / start.elapsed().as_secs_f64());
+        shutdown.cancel();
+        let _ = run.await;
+    }
+    Ok(IsolationReport { messages, alone_rate: rates[0], attacked_rate: rates[1], attacks: attack_count })
 }

@@ -90,14 +90,50 @@ enum Command {
         #[arg(long, default_value_t = 10)]
         limit: usize,
     },
-    /// Measure dispatch cost per message against a native function.
+    /// Benchmarks, each run side by side in one run.
     Bench {
+        #[command(subcommand)]
+        what: Option<BenchWhat>,
+    },
+}
+
+#[derive(Subcommand)]
+enum BenchWhat {
+    /// Cost per message on a fresh instance, against a native function (the default).
+    Dispatch {
         /// The trivial handler to measure.
         #[arg(long, default_value = "plugins/dist/noop.wasm")]
         plugin: PathBuf,
         /// Messages per measurement.
         #[arg(long, default_value_t = 100_000)]
         messages: u32,
+    },
+    /// Start time and memory of many tenants sharing one .wasm, and of many distinct handlers.
+    Density {
+        /// The handler every tenant runs.
+        #[arg(long, default_value = "plugins/dist/noop.wasm")]
+        plugin: PathBuf,
+        /// Tenants sharing it.
+        #[arg(long, default_value_t = 1000)]
+        tenants: usize,
+        /// Distinct handlers.
+        #[arg(long, default_value_t = 100)]
+        distinct: usize,
+    },
+    /// A well-behaved tenant's throughput alone and under attack by a hostile tenant.
+    Isolation {
+        /// The well-behaved handler.
+        #[arg(long, default_value = "plugins/dist/cache_update.wasm")]
+        good: PathBuf,
+        /// The hostile handler.
+        #[arg(long, default_value = "plugins/dist/hostile.wasm")]
+        hostile: PathBuf,
+        /// Messages of the well-behaved tenant.
+        #[arg(long, default_value_t = 50_000)]
+        messages: usize,
+        /// The attacks, taken in turn (see plugins/hostile).
+        #[arg(long, value_delimiter = ',', default_value = "loop,memory,recurse")]
+        attacks: Vec<String>,
     },
 }
 
@@ -190,16 +226,9 @@ async fn dispatch_command(command: Command) -> anyhow::Result<std::process::Exit
             eprintln!("{} hits", hits.len());
             Ok(std::process::ExitCode::SUCCESS)
         }
-        Command::Bench { plugin, messages } => {
-            let r = switchyard::bench::dispatch(&plugin, messages).await?;
-            println!("dispatch benchmark: {} messages each, trivial handler {}", r.messages, plugin.display());
-            println!("  native Rust function          {:>10.1} ns/msg", r.native_ns);
-            println!("  switchyard, fresh instance    {:>10.1} ns/msg   ratio {:.0}x native", r.wasm_ns, r.wasm_ns / r.native_ns.max(0.001));
-            println!("    of which store + host state {:>10.1} ns/msg", r.store_ns);
-            println!("    of which instantiate        {:>10.1} ns/msg", r.instantiate_ns - r.store_ns);
-            println!("    of which call and limits    {:>10.1} ns/msg", r.wasm_ns - r.instantiate_ns);
-            println!("  switchyard, all cores         {:>10.0} msg/s", r.parallel_rate);
-            Ok(std::process::ExitCode::SUCCESS)
+        Command::Bench { what } => {
+            let default = BenchWhat::Dispatch { plugin: PathBuf::from("plugins/dist/noop.wasm"), messages: 100_000 };
+            bench(what.unwrap_or(default)).await
         }
     }
 }
@@ -284,6 +313,42 @@ async fn invoke(
     });
     println!("{}", serde_json::to_string_pretty(&report)?);
     Ok(if invocation.outcome == Outcome::Ok { std::process::ExitCode::SUCCESS } else { std::process::ExitCode::from(2) })
+}
+
+async fn bench(what: BenchWhat) -> anyhow::Result<std::process::ExitCode> {
+    match what {
+        BenchWhat::Dispatch { plugin, messages } => {
+            let r = switchyard::bench::dispatch(&plugin, messages).await?;
+            println!("dispatch benchmark: {} messages each, trivial handler {}", r.messages, plugin.display());
+            println!("  native Rust function          {:>10.1} ns/msg", r.native_ns);
+            println!("  switchyard, fresh instance    {:>10.1} ns/msg   ratio {:.0}x native", r.wasm_ns, r.wasm_ns / r.native_ns.max(0.001));
+            println!("    of which store + host state {:>10.1} ns/msg", r.store_ns);
+            println!("    of which instantiate        {:>10.1} ns/msg", r.instantiate_ns - r.store_ns);
+            println!("    of which call and limits    {:>10.1} ns/msg", r.wasm_ns - r.instantiate_ns);
+            println!("  switchyard, all cores         {:>10.0} msg/s", r.parallel_rate);
+        }
+        BenchWhat::Density { plugin, tenants, distinct } => {
+            let r = switchyard::bench::density(&plugin, tenants, distinct).await?;
+            println!("density benchmark ({}):", plugin.display());
+            println!("  resident memory before loading      {:>8.1} MiB", r.baseline_rss_mib);
+            println!(
+                "  {} tenants sharing one .wasm: start {:.2} s (each run once), resident {:.1} MiB",
+                r.tenants, r.tenants_start_s, r.tenants_rss_mib
+            );
+            println!(
+                "  {} distinct handlers: start {:.2} s compiling, {:.2} s from the cache, resident {:.1} MiB",
+                r.distinct, r.distinct_cold_s, r.distinct_warm_s, r.distinct_rss_mib
+            );
+        }
+        BenchWhat::Isolation { good, hostile, messages, attacks } => {
+            let r = switchyard::bench::isolation(&good, &hostile, messages, &attacks).await?;
+            println!("isolation benchmark: {} messages of a well-behaved tenant", r.messages);
+            println!("  alone                                {:>10.0} msg/s", r.alone_rate);
+            println!("  while {} attacks run ({})   {:>10.0} msg/s", r.attacks, attacks.join(", "), r.attacked_rate);
+            println!("  ratio                                {:>10.2}", r.attacked_rate / r.alone_rate.max(1e-9));
+        }
+    }
+    Ok(std::process::ExitCode::SUCCESS)
 }
 
 async fn plugins(admin: &str, token: Option<&str>, action: PluginsAction) -> anyhow::Result<std::process::ExitCode> {

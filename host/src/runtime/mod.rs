@@ -22,8 +22,12 @@ use bindings::{HandlerError, Message};
 pub use plugin::{LoadError, Plugin};
 use state::{HostState, LogContext};
 
-/// How often the epoch advances. Deadlines are rounded up to whole ticks.
+/// How often the epoch advances: the time slice of a handler that runs long.
 const EPOCH_TICK: Duration = Duration::from_millis(5);
+
+/// Ticks a long-running handler sleeps after each tick it computes: past its
+/// first tick it runs at 1 / (1 + LONG_RUNNING_PAUSE) of a core.
+const LONG_RUNNING_PAUSE: u32 = 9;
 
 /// The runtime could not be set up.
 #[derive(Debug, thiserror::Error)]
@@ -181,6 +185,7 @@ impl Runtime {
             .allocation_strategy(InstanceAllocationStrategy::Pooling(pool))
             .epoch_interruption(true)
             .consume_fuel(options.fuel)
+            .wasm_backtrace_max_frames(None)
             .wasm_backtrace_details(wasmtime::WasmBacktraceDetails::Disable)
             .max_wasm_stack(1 << 20);
         let engine = Engine::new(&config).map_err(|e| RuntimeError::Engine(format!("{e:#}")))?;
@@ -225,15 +230,19 @@ impl Runtime {
         let mut store = Store::new(&self.engine, state);
         store.limiter(|s| s);
         // Every tick, a handler still running in WebAssembly either hits its
-        // deadline or yields to the scheduler, so a spinning handler cannot
-        // hold a worker thread and starve other tenants' messages.
+        // deadline or steps aside: it sleeps for LONG_RUNNING_PAUSE ticks
+        // before its next tick of CPU. Handlers that finish within a tick are
+        // never paused; a runaway one gets a small share of a core, so it
+        // cannot starve other tenants' messages before its deadline ends it.
         let deadline = Instant::now() + Duration::from_millis(limits.timeout_ms);
         store.set_epoch_deadline(1);
         store.epoch_deadline_callback(move |_| {
-            if Instant::now() >= deadline {
+            let now = Instant::now();
+            if now >= deadline {
                 return Ok(UpdateDeadline::Interrupt);
             }
-            Ok(UpdateDeadline::YieldCustom(1, Box::pin(tokio::task::yield_now())))
+            let pause = (EPOCH_TICK * LONG_RUNNING_PAUSE).min(deadline - now);
+            Ok(UpdateDeadline::YieldCustom(1, Box::pin(tokio::time::sleep(pause))))
         });
         let fuel = limits.fuel.unwrap_or(u64::MAX);
         if self.fuel {

@@ -111,6 +111,16 @@ impl DeadLetterFile {
         &self.path
     }
 
+    /// Append `message` with `headers` added and sync it to disk, on a
+    /// blocking thread so the fsync does not stall other messages.
+    pub async fn append(self: &std::sync::Arc<Self>, message: &Message, headers: &[(String, String)]) -> Result<(), SourceError> {
+        let (this, message, headers) = (self.clone(), message.clone(), headers.to_vec());
+        match tokio::task::spawn_blocking(move || this.write(&message, &headers)).await {
+            Ok(result) => result,
+            Err(e) => Err(self.error(std::io::Error::other(e))),
+        }
+    }
+
     /// Append `message` with `headers` added, and sync it to disk.
     pub fn write(&self, message: &Message, headers: &[(String, String)]) -> Result<(), SourceError> {
         let mut line = serde_json::to_vec(&MessageLine::from_message(message, headers)).map_err(|e| self.error(e.into()))?;

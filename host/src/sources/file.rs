@@ -125,7 +125,7 @@ impl Settle for FileSettle {
     async fn settle(self: Box<Self>, message: &Message, settlement: Settlement) -> Result<(), SourceError> {
         match settlement {
             Settlement::Ack => {}
-            Settlement::DeadLetter { headers, .. } => self.dead_letter.write(message, &headers)?,
+            Settlement::DeadLetter { headers, .. } => self.dead_letter.append(message, &headers).await?,
             Settlement::Retry { .. } => {
                 return Err(SourceError::Failed {
                     source_name: message.source.clone(),
@@ -212,7 +212,7 @@ impl Source for FileSource {
                 Err((message, reason)) => {
                     tracing::warn!(source = %self.name, file = %self.path.display(), line = number, %reason, "dead-lettering malformed line");
                     let headers = vec![("switchyard-dead-letter-reason".to_string(), reason)];
-                    self.dead_letter.write(&message, &headers)?;
+                    self.dead_letter.append(&message, &headers).await?;
                     checkpoint.done(number);
                 }
             }

@@ -67,7 +67,7 @@ impl Settle for HttpSettle {
         let reply = match settlement {
             Settlement::Ack => (StatusCode::OK, axum::Json(json!({ "id": message.id, "outcome": "handled" }))),
             Settlement::DeadLetter { reason, headers } => {
-                self.dead_letter.write(message, &headers)?;
+                self.dead_letter.append(message, &headers).await?;
                 (
                     StatusCode::UNPROCESSABLE_ENTITY,
                     axum::Json(json!({ "id": message.id, "outcome": "dead-lettered", "reason": reason })),

@@ -87,7 +87,7 @@ impl Settle for LocalSettle {
         self.pending = None;
         match settlement {
             Settlement::Ack => Ok(()),
-            Settlement::DeadLetter { headers, .. } => self.dead_letter.write(message, &headers),
+            Settlement::DeadLetter { headers, .. } => self.dead_letter.append(message, &headers).await,
             Settlement::Retry { .. } => Err(SourceError::Failed {
                 source_name: LOCAL.into(),
                 message: "the local source does not redeliver; the host retries in place".into(),
