@@ -16,6 +16,9 @@ cd "$(dirname "$0")/.."
 COMPONENTIZE_PY=0.25.1
 ZIGLANG=0.15.2
 COMPONENTIZE_JS=0.23.0
+# componentize-js imports this at run time without declaring it; npm does not
+# always hoist jco's copy to where it looks, so it is installed beside it.
+PREVIEW2_SHIM=0.17.9
 WIT_BINDGEN=0.63.0
 WASM_TOOLS=1.263.0
 ADAPTER=48.0.8  # the wasmtime release the host is built on
@@ -54,12 +57,16 @@ install_python() {
 }
 
 install_js() {
-  local want="@bytecodealliance/componentize-js@$COMPONENTIZE_JS"
+  local want="@bytecodealliance/componentize-js@$COMPONENTIZE_JS @bytecodealliance/preview2-shim@$PREVIEW2_SHIM"
   if [ "$(cat "$TOOLS/npm/.installed" 2>/dev/null)" = "$want" ]; then return; fi
   command -v npm >/dev/null || missing "JavaScript (componentize-js)" "npm is not installed (Debian: apt-get install npm)"
   echo "== installing $want into $TOOLS/npm"
-  quietly npm install --prefix "$TOOLS/npm" --no-fund --no-audit "$want" ||
+  rm -rf "$TOOLS/npm"
+  # shellcheck disable=SC2086
+  quietly npm install --prefix "$TOOLS/npm" --no-fund --no-audit --save-exact $want ||
     missing "JavaScript (componentize-js)" "npm install $want failed"
+  (cd "$TOOLS/npm" && quietly node -e "import('@bytecodealliance/componentize-js').then(() => {}, e => { console.error(e); process.exit(1) })") ||
+    missing "JavaScript (componentize-js)" "componentize-js $COMPONENTIZE_JS was installed but does not load"
   echo "$want" >"$TOOLS/npm/.installed"
 }
 
