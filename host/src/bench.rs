@@ -198,6 +198,20 @@ pub struct LanguageReport {
     pub per_message_ns: f64,
     /// Of that, store plus instantiation (and the slot reset on drop).
     pub instantiate_ns: f64,
+    /// Minor page faults per message on the full path (Linux; 0 elsewhere).
+    pub faults_per_message: f64,
+}
+
+/// This process's minor page faults so far, from /proc/self/stat (field 10).
+fn minor_faults() -> u64 {
+    std::fs::read_to_string("/proc/self/stat")
+        .ok()
+        .and_then(|stat| {
+            // The command name may hold spaces; the fields after it do not.
+            let rest = &stat[stat.rfind(')')? + 2..];
+            rest.split(' ').nth(7)?.parse().ok()
+        })
+        .unwrap_or(0)
 }
 
 /// The product-change message every language's cache-update handler gets.
@@ -240,11 +254,13 @@ pub async fn languages(handlers: &[(String, std::path::PathBuf)], messages: u32)
         for _ in 0..messages.min(100) {
             let _ = runtime.invoke(&plugin, &msg, &ctx).await;
         }
+        let faults = minor_faults();
         let start = Instant::now();
         for _ in 0..messages {
             let _ = std::hint::black_box(runtime.invoke(&plugin, &msg, &ctx).await);
         }
         let per_message_ns = per_message(start.elapsed(), messages);
+        let faults_per_message = minor_faults().saturating_sub(faults) as f64 / f64::from(messages.max(1));
 
         let new_state = || HostState::new(caps.clone(), 64 << 20, None, LogContext::default());
         let start = Instant::now();
@@ -263,6 +279,7 @@ pub async fn languages(handlers: &[(String, std::path::PathBuf)], messages: u32)
             cached_load,
             per_message_ns,
             instantiate_ns,
+            faults_per_message,
         });
     }
     Ok(reports)

@@ -201,19 +201,20 @@ async fn bench_languages(messages: u32) -> anyhow::Result<()> {
     println!();
     println!("cache-update in each language: {messages} messages each, fresh instance per message");
     println!(
-        "  {:<11} {:>9} {:>12} {:>12} {:>12} {:>16} {:>9}",
-        "language", "size", "first load", "cached load", "per message", "of which inst.", "vs rust"
+        "  {:<11} {:>9} {:>12} {:>12} {:>12} {:>16} {:>9} {:>13}",
+        "language", "size", "first load", "cached load", "per message", "of which inst.", "vs rust", "faults/msg"
     );
     for r in &reports {
         println!(
-            "  {:<11} {:>7.1}MB {:>10.0}ms {:>10.1}ms {:>10.1}µs {:>14.1}µs {:>8.1}x",
+            "  {:<11} {:>7.1}MB {:>10.0}ms {:>10.1}ms {:>10.1}µs {:>14.1}µs {:>8.1}x {:>13.1}",
             r.label,
             r.bytes as f64 / 1e6,
             r.first_load.as_secs_f64() * 1e3,
             r.cached_load.as_secs_f64() * 1e3,
             r.per_message_ns / 1e3,
             r.instantiate_ns / 1e3,
-            r.per_message_ns / rust
+            r.per_message_ns / rust,
+            r.faults_per_message
         );
     }
     Ok(())
