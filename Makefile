@@ -13,6 +13,7 @@ plugins:
 	cargo build --manifest-path plugins/Cargo.toml --target wasm32-wasip2 --release --target-dir $(PLUGINS_TARGET)
 	mkdir -p plugins/dist
 	for p in $(subst -,_,$(PLUGINS)); do cp $(PLUGINS_TARGET)/wasm32-wasip2/release/$$p.wasm plugins/dist/$$p.wasm; done
+	plugins/languages.sh
 
 run: plugins
 	cargo run --release -- run examples/quickstart/switchyard.toml

@@ -29,6 +29,7 @@ pub mod capabilities;
 pub mod config;
 pub mod dispatch;
 pub mod runtime;
+pub mod scaffold;
 pub mod sources;
 
 pub use config::Config;

@@ -90,6 +90,18 @@ enum Command {
         #[arg(long, default_value_t = 10)]
         limit: usize,
     },
+    /// Create a handler project in rust, python, js or c that builds and
+    /// passes `switchyard invoke` as it comes.
+    New {
+        /// The language: rust, python, js or c.
+        #[arg(value_parser = str::parse::<switchyard::scaffold::Language>)]
+        language: switchyard::scaffold::Language,
+        /// The handler's name, which is also its directory.
+        name: String,
+        /// Where to create the directory.
+        #[arg(long, default_value = ".")]
+        dir: PathBuf,
+    },
     /// Benchmarks, each run side by side in one run.
     Bench {
         #[command(subcommand)]
@@ -107,6 +119,13 @@ enum BenchWhat {
         /// Messages per measurement.
         #[arg(long, default_value_t = 100_000)]
         messages: u32,
+        /// Also run the cache-update handler in Rust, C, JavaScript and Python
+        /// (from plugins/dist) side by side: load times, per-message cost, ratios.
+        #[arg(long)]
+        languages: bool,
+        /// Messages per language in the --languages comparison.
+        #[arg(long, default_value_t = 2000)]
+        language_messages: u32,
     },
     /// Start time and memory of many tenants sharing one .wasm, and of many distinct handlers.
     Density {
@@ -216,6 +235,13 @@ async fn dispatch_command(command: Command) -> anyhow::Result<std::process::Exit
         }
         Command::Check { config } => check(&config),
         Command::Plugins { admin, token, action } => plugins(&admin, token.as_deref(), action).await,
+        Command::New { language, name, dir } => {
+            let project = switchyard::scaffold::create(language, &name, &dir)?;
+            println!("created {}", project.dir.display());
+            println!("build:  cd {} && {}", project.dir.display(), project.build);
+            println!("try:    switchyard invoke {} --payload '{{\"id\": \"1\"}}'", project.dir.join(&project.wasm).display());
+            Ok(std::process::ExitCode::SUCCESS)
+        }
         Command::Search { config, index, query, limit } => {
             let config = Config::load(&config)?;
             let search = backends::open_search(&config).context("cannot open the search backend")?;
@@ -227,10 +253,44 @@ async fn dispatch_command(command: Command) -> anyhow::Result<std::process::Exit
             Ok(std::process::ExitCode::SUCCESS)
         }
         Command::Bench { what } => {
-            let default = BenchWhat::Dispatch { plugin: PathBuf::from("plugins/dist/noop.wasm"), messages: 100_000 };
+            let default = BenchWhat::Dispatch {
+                plugin: PathBuf::from("plugins/dist/noop.wasm"),
+                messages: 100_000,
+                languages: false,
+                language_messages: 2000,
+            };
             bench(what.unwrap_or(default)).await
         }
     }
+}
+
+async fn bench_languages(messages: u32) -> anyhow::Result<()> {
+    let handlers: Vec<(String, PathBuf)> = [("rust", ""), ("c", "_c"), ("javascript", "_js"), ("python", "_py")]
+        .iter()
+        .map(|(label, suffix)| (label.to_string(), PathBuf::from(format!("plugins/dist/cache_update{suffix}.wasm"))))
+        .collect();
+    let reports = switchyard::bench::languages(&handlers, messages).await?;
+    let rust = reports.first().map(|r| r.per_message_ns).unwrap_or(1.0).max(0.001);
+    println!();
+    println!("cache-update in each language: {messages} messages each, fresh instance per message");
+    println!(
+        "  {:<11} {:>9} {:>12} {:>12} {:>12} {:>16} {:>9} {:>13}",
+        "language", "size", "first load", "cached load", "per message", "of which inst.", "vs rust", "faults/msg"
+    );
+    for r in &reports {
+        println!(
+            "  {:<11} {:>7.1}MB {:>10.0}ms {:>10.1}ms {:>10.1}µs {:>14.1}µs {:>8.1}x {:>13.1}",
+            r.label,
+            r.bytes as f64 / 1e6,
+            r.first_load.as_secs_f64() * 1e3,
+            r.cached_load.as_secs_f64() * 1e3,
+            r.per_message_ns / 1e3,
+            r.instantiate_ns / 1e3,
+            r.per_message_ns / rust,
+            r.faults_per_message
+        );
+    }
+    Ok(())
 }
 
 async fn run(path: &Path) -> anyhow::Result<std::process::ExitCode> {
@@ -317,7 +377,7 @@ async fn invoke(
 
 async fn bench(what: BenchWhat) -> anyhow::Result<std::process::ExitCode> {
     match what {
-        BenchWhat::Dispatch { plugin, messages } => {
+        BenchWhat::Dispatch { plugin, messages, languages, language_messages } => {
             let r = switchyard::bench::dispatch(&plugin, messages).await?;
             println!("dispatch benchmark: {} messages each, trivial handler {}", r.messages, plugin.display());
             println!("  native Rust function          {:>10.1} ns/msg", r.native_ns);
@@ -326,6 +386,9 @@ async fn bench(what: BenchWhat) -> anyhow::Result<std::process::ExitCode> {
             println!("    of which instantiate        {:>10.1} ns/msg", r.instantiate_ns - r.store_ns);
             println!("    of which call and limits    {:>10.1} ns/msg", r.wasm_ns - r.instantiate_ns);
             println!("  switchyard, all cores         {:>10.0} msg/s", r.parallel_rate);
+            if languages {
+                bench_languages(language_messages).await?;
+            }
         }
         BenchWhat::Density { plugin, tenants, distinct } => {
             let r = switchyard::bench::density(&plugin, tenants, distinct).await?;

@@ -1,58 +1,46 @@
 //! Keeps the cache consistent with product-change events.
 //!
 //! A `product.changed` message carries `{"id": "p1", "name": ..., "price": ...}`:
-//! the product is stored under `product:<id>`. With `"deleted": true` the entry
-//! is removed instead. Malformed input is rejected, so it is dead-lettered rather
-//! than retried; an unreachable cache is retried.
+//! the product is stored under `product:<id>` as compact JSON with its keys
+//! sorted (without `deleted`). With `"deleted": true` the entry is removed
+//! instead. Malformed input is rejected, so it is dead-lettered rather than
+//! retried; an unreachable cache is retried.
+//!
+//! The same handler exists in Python (`plugins/cache-update-py`), JavaScript
+//! (`plugins/cache-update-js`) and C (`plugins/cache-update-c`), with the same
+//! effects and reasons; `host/tests/languages.rs` holds them to that.
 //!
 //! Build: `cargo build --manifest-path plugins/Cargo.toml --target wasm32-wasip2 --release -p cache-update`
 
-wit_bindgen::generate!({ path: "../../wit", world: "handler" });
+use serde_json::Value;
+use switchyard_sdk::{Handler, HandlerError, Message, cache, reject, to_json};
 
-use serde::Deserialize;
-use switchyard::handler::cache;
-use switchyard::handler::types::{CapabilityError, RetryRequest};
-
-#[derive(Deserialize)]
-struct ProductChange {
-    id: String,
-    #[serde(default)]
-    deleted: bool,
-    #[serde(flatten)]
-    fields: serde_json::Map<String, serde_json::Value>,
-}
+const WHAT: &str = "product change";
 
 struct CacheUpdate;
 
-impl Guest for CacheUpdate {
+impl Handler for CacheUpdate {
     fn handle(msg: Message) -> Result<(), HandlerError> {
-        let change: ProductChange = serde_json::from_slice(&msg.payload)
-            .map_err(|e| HandlerError::Reject(format!("malformed product change: {e}")))?;
-        if change.id.is_empty() {
-            return Err(HandlerError::Reject("malformed product change: empty id".into()));
-        }
-        let key = format!("product:{}", change.id);
-        if change.deleted {
-            cache::delete(&key).map_err(failure)?;
+        let Value::Object(mut change) = msg.json_of::<Value>(WHAT)? else {
+            return Err(reject(format!("malformed {WHAT}: not a JSON object")));
+        };
+        let id = match change.get("id") {
+            Some(Value::String(id)) if !id.is_empty() => id.clone(),
+            _ => return Err(reject(format!("malformed {WHAT}: id must be a non-empty string"))),
+        };
+        let deleted = match change.remove("deleted") {
+            None => false,
+            Some(Value::Bool(deleted)) => deleted,
+            Some(_) => return Err(reject(format!("malformed {WHAT}: deleted must be true or false"))),
+        };
+        let key = format!("product:{id}");
+        if deleted {
+            cache::delete(&key)?;
         } else {
-            let mut product = change.fields;
-            product.insert("id".into(), change.id.into());
-            let value = serde_json::to_vec(&product)
-                .map_err(|e| HandlerError::Reject(format!("cannot encode product: {e}")))?;
-            cache::set(&key, &value, None).map_err(failure)?;
+            cache::set(&key, &to_json(&change)?, None)?;
         }
         Ok(())
     }
 }
 
-/// An unreachable cache is worth a retry; anything else will fail again.
-fn failure(e: CapabilityError) -> HandlerError {
-    match e {
-        CapabilityError::Unavailable(why) => HandlerError::Retry(RetryRequest { delay_ms: 1000, reason: why }),
-        CapabilityError::Denied(why) => HandlerError::Reject(format!("denied: {why}")),
-        CapabilityError::Invalid(why) => HandlerError::Reject(format!("invalid: {why}")),
-        CapabilityError::TooLarge(why) => HandlerError::Reject(format!("too large: {why}")),
-    }
-}
-
-export!(CacheUpdate);
+switchyard_sdk::export!(CacheUpdate);
