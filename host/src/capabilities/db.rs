@@ -8,6 +8,7 @@ use sqlparser::ast::{Expr, ObjectNamePart, Statement, visit_expressions, visit_r
 use sqlparser::dialect::{Dialect, MySqlDialect, PostgreSqlDialect, SQLiteDialect};
 use sqlparser::parser::Parser;
 
+use super::backends::sql::number_question_marks;
 use super::{BackendError, CapabilityFailure, Effect, check_size};
 use crate::runtime::bindings::db::{self, RowSet, Value};
 use crate::runtime::state::HostState;
@@ -35,9 +36,14 @@ pub trait DbBackend: Send + Sync {
 }
 
 impl HostState {
-    fn check_sql(&self, sql: &str) -> Result<(), CapabilityFailure> {
+    /// The statement as the backend will run it, checked against grants.
+    fn check_sql(&self, sql: String) -> Result<String, CapabilityFailure> {
         check_size("SQL statement", sql.len())?;
-        check_tables(&self.caps.grants.db_tables, self.caps.backends.db.dialect(), sql)
+        let dialect = self.caps.backends.db.dialect();
+        // Check what will run: on PostgreSQL, `?` placeholders become `$n`.
+        let sql = if dialect == SqlDialect::Postgres { number_question_marks(&sql) } else { sql };
+        check_tables(&self.caps.grants.db_tables, dialect, &sql)?;
+        Ok(sql)
     }
 }
 
@@ -142,13 +148,13 @@ fn escaping_function(statement: &Statement) -> Option<String> {
 
 impl db::Host for HostState {
     async fn execute(&mut self, sql: String, params: Vec<Value>) -> Result<u64, CapabilityFailure> {
-        self.check_sql(&sql)?;
+        let sql = self.check_sql(sql)?;
         self.record(|| Effect::DbExecute { sql: sql.clone(), params: params.iter().map(value_json).collect() });
         Ok(self.caps.backends.db.execute(&sql, params).await?)
     }
 
     async fn query(&mut self, sql: String, params: Vec<Value>) -> Result<RowSet, CapabilityFailure> {
-        self.check_sql(&sql)?;
+        let sql = self.check_sql(sql)?;
         Ok(self.caps.backends.db.query(&sql, params).await?)
     }
 }

@@ -227,12 +227,12 @@ impl DbBackend for PostgresDb {
     }
 
     async fn execute(&self, sql: &str, params: Vec<Value>) -> Result<u64, BackendError> {
-        let sql = sql::number_question_marks(sql)?;
+        let sql = sql::number_question_marks(sql);
         self.writer.call((sql, params)).await
     }
 
     async fn query(&self, sql: &str, params: Vec<Value>) -> Result<RowSet, BackendError> {
-        let sql = sql::number_question_marks(sql)?;
+        let sql = sql::number_question_marks(sql);
         let classify = |e| sql::classify("postgres", e);
         let fetched = bind(sqlx::query(&sql), &params).map_err(classify)?.fetch_all(&self.pool).await.map_err(classify)?;
         rows(fetched).map_err(classify)

@@ -13,7 +13,7 @@ use std::collections::HashMap;
 
 use futures::future::BoxFuture;
 use sqlparser::ast::{Expr, Insert, SetExpr, Statement, Value as SqlValue, ValueWithSpan};
-use sqlparser::dialect::{Dialect, MySqlDialect, PostgreSqlDialect};
+use sqlparser::dialect::{Dialect, GenericDialect, MySqlDialect, PostgreSqlDialect};
 use sqlparser::parser::Parser;
 
 use super::BackendError;
@@ -267,13 +267,17 @@ fn renumber(expr: &mut Expr, offset: usize) {
 
 /// `sql` with its `?` placeholders numbered `$1, $2, ...` in order, for
 /// PostgreSQL, so one handler's SQL runs on every backend. Statements without
-/// `?`, or with `$n` already, come back unchanged.
-pub fn number_question_marks(sql: &str) -> Result<String, BackendError> {
+/// `?` placeholders, with `$n` ones already, or that do not parse come back
+/// unchanged, for the server to judge.
+pub fn number_question_marks(sql: &str) -> String {
     if !sql.contains('?') {
-        return Ok(sql.to_string());
+        return sql.to_string();
     }
-    let mut statements = Parser::parse_sql(&PostgreSqlDialect {}, sql)
-        .map_err(|e| BackendError::Invalid(format!("cannot parse SQL: {e}")))?;
+    // PostgreSQL's own dialect reads `?` as a JSON operator; the generic one
+    // reads it as a placeholder.
+    let Ok(mut statements) = Parser::parse_sql(&GenericDialect {}, sql) else {
+        return sql.to_string();
+    };
     let mut n = 0;
     let mut numbered = false;
     for statement in &mut statements {
@@ -290,9 +294,9 @@ pub fn number_question_marks(sql: &str) -> Result<String, BackendError> {
         });
     }
     if n == 0 || numbered {
-        return Ok(sql.to_string());
+        return sql.to_string();
     }
-    Ok(statements.iter().map(ToString::to_string).collect::<Vec<_>>().join("; "))
+    statements.iter().map(ToString::to_string).collect::<Vec<_>>().join("; ")
 }
 
 /// Run a planned `batch` on `conn`. With `savepoints`, `conn` is inside a
@@ -460,10 +464,10 @@ mod tests {
     #[test]
     fn question_marks_become_numbers_for_postgres() {
         assert_eq!(
-            number_question_marks("INSERT INTO t (a, b) VALUES (?, ?) ON CONFLICT (a) DO NOTHING").unwrap(),
-            "INSERT INTO t (a, b) VALUES ($1, $2) ON CONFLICT (a) DO NOTHING"
+            number_question_marks("INSERT INTO t (a, b) VALUES (?, ?) ON CONFLICT (a) DO NOTHING"),
+            "INSERT INTO t (a, b) VALUES ($1, $2) ON CONFLICT(a) DO NOTHING"
         );
-        assert_eq!(number_question_marks("SELECT $1").unwrap(), "SELECT $1");
-        assert_eq!(number_question_marks("SELECT 'why?'").unwrap(), "SELECT 'why?'");
+        assert_eq!(number_question_marks("SELECT $1 WHERE j ? 'k'"), "SELECT $1 WHERE j ? 'k'");
+        assert_eq!(number_question_marks("SELECT 'why?'"), "SELECT 'why?'");
     }
 }
