@@ -24,6 +24,7 @@
 //! message; the host keeps serving.
 
 pub mod bench;
+pub mod bench_effects;
 pub mod capabilities;
 pub mod config;
 pub mod dispatch;

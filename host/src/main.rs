@@ -79,14 +79,44 @@ enum Command {
         #[arg(long, default_value_t = 10)]
         limit: usize,
     },
-    /// Measure dispatch cost per message against a native function.
+    /// Measure dispatch cost per message against a native function; `bench
+    /// effects` compares batched effects with one call per message.
     Bench {
+        /// What to measure instead of dispatch.
+        #[command(subcommand)]
+        what: Option<BenchWhat>,
         /// The trivial handler to measure.
         #[arg(long, default_value = "plugins/dist/noop.wasm")]
         plugin: PathBuf,
         /// Messages per measurement.
         #[arg(long, default_value_t = 100_000)]
         messages: u32,
+    },
+}
+
+#[derive(Subcommand)]
+enum BenchWhat {
+    /// Batched effects against one call per message, side by side: Redis
+    /// SET, SQL INSERT, search indexing. A service whose URL is empty is skipped.
+    Effects {
+        /// Redis.
+        #[arg(long, default_value = "redis://127.0.0.1:6379")]
+        redis_url: String,
+        /// PostgreSQL.
+        #[arg(long, default_value = "postgres://postgres@127.0.0.1:5432/test")]
+        postgres_url: String,
+        /// MySQL or MariaDB.
+        #[arg(long, default_value = "mysql://root@127.0.0.1:3306/test")]
+        mysql_url: String,
+        /// Operations per batched measurement.
+        #[arg(long, default_value_t = 20_000)]
+        ops: usize,
+        /// Operations per one-call-per-message measurement.
+        #[arg(long, default_value_t = 2_000)]
+        single_ops: usize,
+        /// Callers at once on the batched side.
+        #[arg(long, default_value_t = 64)]
+        concurrency: usize,
     },
 }
 
@@ -148,7 +178,30 @@ async fn dispatch_command(command: Command) -> anyhow::Result<std::process::Exit
             eprintln!("{} hits", hits.len());
             Ok(std::process::ExitCode::SUCCESS)
         }
-        Command::Bench { plugin, messages } => {
+        Command::Bench {
+            what: Some(BenchWhat::Effects { redis_url, postgres_url, mysql_url, ops, single_ops, concurrency }),
+            ..
+        } => {
+            let some = |url: String| (!url.is_empty()).then_some(url);
+            let options = switchyard::bench_effects::EffectsOptions {
+                redis_url: some(redis_url),
+                postgres_url: some(postgres_url),
+                mysql_url: some(mysql_url),
+                ops,
+                single_ops,
+                concurrency,
+            };
+            let results = switchyard::bench_effects::effects(&options).await?;
+            println!("effects benchmark: {ops} batched operations, {single_ops} one by one");
+            for comparison in &results {
+                println!("{}", comparison.workload);
+                for ((label, rate), ratio) in comparison.rates.iter().zip(comparison.ratios()) {
+                    println!("  {label:<55} {rate:>10.0} /s   {ratio:>6.1}x");
+                }
+            }
+            Ok(std::process::ExitCode::SUCCESS)
+        }
+        Command::Bench { what: None, plugin, messages } => {
             let r = switchyard::bench::dispatch(&plugin, messages).await?;
             println!("dispatch benchmark: {} messages each, trivial handler {}", r.messages, plugin.display());
             println!("  native Rust function          {:>10.1} ns/msg", r.native_ns);
