@@ -156,6 +156,23 @@ pub enum CacheBackendConfig {
         #[serde(default = "defaults::cache_max_entries")]
         max_entries: usize,
     },
+    /// Redis (or a Redis-protocol server such as Valkey), on one shared,
+    /// multiplexed connection that pipelines concurrent commands and
+    /// reconnects by itself.
+    Redis {
+        /// The server. Example: `url = "redis://127.0.0.1:6379"`; a database
+        /// and a password go in the URL: `redis://:secret@host:6379/2`.
+        url: String,
+        /// Prepended to every key, to share one Redis between deployments;
+        /// grants apply to the key before it. Example: `key_prefix = "prod:"`.
+        /// Default none.
+        #[serde(default)]
+        key_prefix: String,
+        /// A connect or command slower than this, in milliseconds, fails as
+        /// `unavailable`. Example: `timeout_ms = 2000` (the default).
+        #[serde(default = "defaults::backend_timeout_ms")]
+        timeout_ms: u64,
+    },
 }
 
 impl Default for CacheBackendConfig {
@@ -178,6 +195,46 @@ pub enum DbBackendConfig {
         #[serde(default)]
         init: Vec<String>,
     },
+    /// PostgreSQL. Parameters bind to `$1, $2, ...` (or `?`, numbered in order).
+    Postgres {
+        /// The server. Example: `url = "postgres://app:secret@127.0.0.1:5432/shop"`.
+        url: String,
+        /// Statements run once at start. Example:
+        /// `init = ["CREATE TABLE IF NOT EXISTS orders (id TEXT PRIMARY KEY)"]`.
+        #[serde(default)]
+        init: Vec<String>,
+        /// Connections in the pool. Example: `max_connections = 8` (the default).
+        #[serde(default = "defaults::sql_max_connections")]
+        max_connections: u32,
+        /// The most writes group-committed in one transaction. Example:
+        /// `max_batch = 1000` (the default).
+        #[serde(default = "defaults::sql_max_batch")]
+        max_batch: usize,
+        /// How long a call waits for a connection, in milliseconds, before it
+        /// fails as `unavailable`. Example: `timeout_ms = 5000` (the default).
+        #[serde(default = "defaults::sql_timeout_ms")]
+        timeout_ms: u64,
+    },
+    /// MySQL or MariaDB. Parameters bind to `?`. Sessions run in UTC.
+    Mysql {
+        /// The server. Example: `url = "mysql://app:secret@127.0.0.1:3306/shop"`.
+        url: String,
+        /// Statements run once at start. Example:
+        /// `init = ["CREATE TABLE IF NOT EXISTS orders (id VARCHAR(64) PRIMARY KEY)"]`.
+        #[serde(default)]
+        init: Vec<String>,
+        /// Connections in the pool. Example: `max_connections = 8` (the default).
+        #[serde(default = "defaults::sql_max_connections")]
+        max_connections: u32,
+        /// The most writes group-committed in one transaction. Example:
+        /// `max_batch = 1000` (the default).
+        #[serde(default = "defaults::sql_max_batch")]
+        max_batch: usize,
+        /// How long a call waits for a connection, in milliseconds, before it
+        /// fails as `unavailable`. Example: `timeout_ms = 5000` (the default).
+        #[serde(default = "defaults::sql_timeout_ms")]
+        timeout_ms: u64,
+    },
 }
 
 impl Default for DbBackendConfig {
@@ -195,6 +252,32 @@ pub enum SearchBackendConfig {
         /// The directory holding the indexes. Default `<data_dir>/search`.
         #[serde(default)]
         path: Option<PathBuf>,
+    },
+    /// Elasticsearch, or OpenSearch (`type = "opensearch"` is the same
+    /// backend): `_bulk` for writes, `query_string` for queries.
+    #[serde(alias = "opensearch")]
+    Elasticsearch {
+        /// The server's base URL. Example: `url = "http://127.0.0.1:9200"`.
+        url: String,
+        /// The Basic-auth user, if the server wants one. Example: `username = "switchyard"`.
+        #[serde(default)]
+        username: Option<String>,
+        /// The Basic-auth password. Example: `password = "secret"`.
+        #[serde(default)]
+        password: Option<String>,
+        /// Wait until each bulk's changes are visible to search before the
+        /// calls return (`refresh=wait_for`); slower. Example: `refresh = true`.
+        /// Default false: visible within the index's refresh interval.
+        #[serde(default)]
+        refresh: bool,
+        /// A request slower than this, in milliseconds, fails as `unavailable`.
+        /// Example: `timeout_ms = 10000` (the default).
+        #[serde(default = "defaults::search_timeout_ms")]
+        timeout_ms: u64,
+        /// The most index and delete calls in one `_bulk` request. Example:
+        /// `max_batch = 1000` (the default).
+        #[serde(default = "defaults::sql_max_batch")]
+        max_batch: usize,
     },
 }
 
@@ -366,6 +449,21 @@ mod defaults {
     pub fn cache_max_entries() -> usize {
         1_000_000
     }
+    pub fn backend_timeout_ms() -> u64 {
+        2_000
+    }
+    pub fn sql_max_connections() -> u32 {
+        8
+    }
+    pub fn sql_max_batch() -> usize {
+        1_000
+    }
+    pub fn sql_timeout_ms() -> u64 {
+        5_000
+    }
+    pub fn search_timeout_ms() -> u64 {
+        10_000
+    }
     pub fn memory_mib() -> u64 {
         64
     }
@@ -509,11 +607,11 @@ impl Config {
         if let Some(dir) = self.admin.as_mut().and_then(|a| a.watch_dir.as_mut()) {
             join(dir);
         }
-        match &mut self.backends.db {
-            DbBackendConfig::Sqlite { path, .. } => path.iter_mut().for_each(join),
+        if let DbBackendConfig::Sqlite { path, .. } = &mut self.backends.db {
+            path.iter_mut().for_each(join);
         }
-        match &mut self.backends.search {
-            SearchBackendConfig::Tantivy { path } => path.iter_mut().for_each(join),
+        if let SearchBackendConfig::Tantivy { path } = &mut self.backends.search {
+            path.iter_mut().for_each(join);
         }
         for tenant in self.tenants.values_mut() {
             for handler in tenant.handlers.values_mut() {

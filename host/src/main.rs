@@ -111,6 +111,28 @@ enum Command {
 
 #[derive(Subcommand)]
 enum BenchWhat {
+    /// Batched effects against one call per message, side by side: Redis
+    /// SET, SQL INSERT, search indexing. A service whose URL is empty is skipped.
+    Effects {
+        /// Redis.
+        #[arg(long, default_value = "redis://127.0.0.1:6379")]
+        redis_url: String,
+        /// PostgreSQL.
+        #[arg(long, default_value = "postgres://postgres@127.0.0.1:5432/test")]
+        postgres_url: String,
+        /// MySQL or MariaDB.
+        #[arg(long, default_value = "mysql://root@127.0.0.1:3306/test")]
+        mysql_url: String,
+        /// Operations per batched measurement.
+        #[arg(long, default_value_t = 20_000)]
+        ops: usize,
+        /// Operations per one-call-per-message measurement.
+        #[arg(long, default_value_t = 2_000)]
+        single_ops: usize,
+        /// Callers at once on the batched side.
+        #[arg(long, default_value_t = 64)]
+        concurrency: usize,
+    },
     /// Cost per message on a fresh instance, against a native function (the default).
     Dispatch {
         /// The trivial handler to measure.
@@ -185,6 +207,7 @@ enum PluginsAction {
         version: Option<u32>,
     },
 }
+
 
 fn parse_header(s: &str) -> Result<(String, String), String> {
     let (name, value) = s.split_once('=').ok_or_else(|| format!("header {s:?} is not name=value"))?;
@@ -388,6 +411,25 @@ async fn bench(what: BenchWhat) -> anyhow::Result<std::process::ExitCode> {
             println!("  switchyard, all cores         {:>10.0} msg/s", r.parallel_rate);
             if languages {
                 bench_languages(language_messages).await?;
+            }
+        }
+        BenchWhat::Effects { redis_url, postgres_url, mysql_url, ops, single_ops, concurrency } => {
+            let some = |url: String| (!url.is_empty()).then_some(url);
+            let options = switchyard::bench_effects::EffectsOptions {
+                redis_url: some(redis_url),
+                postgres_url: some(postgres_url),
+                mysql_url: some(mysql_url),
+                ops,
+                single_ops,
+                concurrency,
+            };
+            let results = switchyard::bench_effects::effects(&options).await?;
+            println!("effects benchmark: {ops} batched operations, {single_ops} one by one");
+            for comparison in &results {
+                println!("{}", comparison.workload);
+                for ((label, rate), ratio) in comparison.rates.iter().zip(comparison.ratios()) {
+                    println!("  {label:<55} {rate:>10.0} /s   {ratio:>6.1}x");
+                }
             }
         }
         BenchWhat::Density { plugin, tenants, distinct } => {

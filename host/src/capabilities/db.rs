@@ -4,10 +4,11 @@
 use std::ops::ControlFlow;
 
 use async_trait::async_trait;
-use sqlparser::ast::{ObjectNamePart, Statement, visit_relations};
+use sqlparser::ast::{Expr, ObjectNamePart, Statement, visit_expressions, visit_relations};
 use sqlparser::dialect::{Dialect, MySqlDialect, PostgreSqlDialect, SQLiteDialect};
 use sqlparser::parser::Parser;
 
+use super::backends::sql::number_question_marks;
 use super::{BackendError, CapabilityFailure, Effect, check_size};
 use crate::runtime::bindings::db::{self, RowSet, Value};
 use crate::runtime::state::HostState;
@@ -35,19 +36,29 @@ pub trait DbBackend: Send + Sync {
 }
 
 impl HostState {
-    fn check_sql(&self, sql: &str) -> Result<(), CapabilityFailure> {
+    /// The statement as the backend will run it, checked against grants.
+    fn check_sql(&self, sql: String) -> Result<String, CapabilityFailure> {
         check_size("SQL statement", sql.len())?;
-        check_tables(&self.caps.grants.db_tables, self.caps.backends.db.dialect(), sql)
+        let dialect = self.caps.backends.db.dialect();
+        // Check what will run: on PostgreSQL, `?` placeholders become `$n`.
+        let sql = if dialect == SqlDialect::Postgres { number_question_marks(&sql) } else { sql };
+        check_tables(&self.caps.grants.db_tables, dialect, &sql)?;
+        Ok(sql)
     }
 }
 
 /// Refuse a statement that is not a single query, insert, update or delete,
-/// or that names a table outside `granted`. `"*"` grants everything; an entry
-/// `schema.*` grants every table of that schema.
+/// that names a table outside `granted`, or that calls a function able to
+/// reach past the grants (`set_config` changing the `search_path`,
+/// `query_to_xml` running SQL from a string, `pg_*`, `dblink`, `lo_*`,
+/// `load_file`). `"*"` grants everything; an entry `schema.*` grants every
+/// table of that schema, named with its schema: an unqualified name never
+/// matches a schema grant, so the server's `search_path` cannot widen one.
 pub(crate) fn check_tables(granted: &[String], dialect: SqlDialect, sql: &str) -> Result<(), CapabilityFailure> {
     if granted.iter().any(|t| t == "*") {
         return Ok(());
     }
+    let dialect_is_postgres = dialect == SqlDialect::Postgres;
     let dialect: &dyn Dialect = match dialect {
         SqlDialect::Sqlite => &SQLiteDialect {},
         SqlDialect::Postgres => &PostgreSqlDialect {},
@@ -69,12 +80,20 @@ pub(crate) fn check_tables(granted: &[String], dialect: SqlDialect, sql: &str) -
             "only SELECT, INSERT, UPDATE and DELETE are granted to this tenant".into(),
         ));
     }
+    if let Some(function) = escaping_function(statement) {
+        return Err(CapabilityFailure::Denied(format!("function {function:?} is not granted to this tenant")));
+    }
     let mut refused = None;
     let _ = visit_relations(statement, |name| {
         let parts: Vec<String> = name
             .0
             .iter()
             .map(|p| match p {
+                // PostgreSQL folds unquoted names to lower case and keeps
+                // quoted ones as written: "Orders" is another table.
+                ObjectNamePart::Identifier(ident) if ident.quote_style.is_some() && dialect_is_postgres => {
+                    ident.value.clone()
+                }
                 ObjectNamePart::Identifier(ident) => ident.value.to_lowercase(),
                 other => other.to_string().to_lowercase(),
             })
@@ -82,9 +101,10 @@ pub(crate) fn check_tables(granted: &[String], dialect: SqlDialect, sql: &str) -
         let full = parts.join(".");
         let allowed = granted.iter().any(|g| {
             let g = g.to_lowercase();
-            match g.strip_suffix(".*") {
-                Some(schema) => parts.len() == 2 && parts[0] == schema,
-                None => g == full,
+            let g: Vec<&str> = g.split('.').collect();
+            match g.as_slice() {
+                [schema, "*"] => parts.len() == 2 && parts[0] == *schema,
+                _ => g.len() == parts.len() && g.iter().zip(&parts).all(|(a, b)| a == b),
             }
         });
         if allowed {
@@ -102,15 +122,39 @@ pub(crate) fn check_tables(granted: &[String], dialect: SqlDialect, sql: &str) -
     }
 }
 
+/// The first function `statement` calls that could reach past table grants.
+fn escaping_function(statement: &Statement) -> Option<String> {
+    let mut found = None;
+    let _ = visit_expressions(statement, |expr| {
+        if let Expr::Function(f) = expr {
+            let name = f.name.0.last().map(|p| p.to_string().to_lowercase()).unwrap_or_default();
+            let name = name.trim_matches(['"', '`']).to_string();
+            let escapes = name.starts_with("pg_")
+                || name.starts_with("lo_")
+                || name.starts_with("dblink")
+                || name.ends_with("_to_xml")
+                || name.ends_with("_to_xmlschema")
+                || name.ends_with("_to_xml_and_xmlschema")
+                || ["set_config", "current_setting", "load_file", "sys_exec", "sys_eval", "copy"].contains(&name.as_str());
+            if escapes {
+                found = Some(name);
+                return ControlFlow::Break(());
+            }
+        }
+        ControlFlow::Continue(())
+    });
+    found
+}
+
 impl db::Host for HostState {
     async fn execute(&mut self, sql: String, params: Vec<Value>) -> Result<u64, CapabilityFailure> {
-        self.check_sql(&sql)?;
+        let sql = self.check_sql(sql)?;
         self.record(|| Effect::DbExecute { sql: sql.clone(), params: params.iter().map(value_json).collect() });
         Ok(self.caps.backends.db.execute(&sql, params).await?)
     }
 
     async fn query(&mut self, sql: String, params: Vec<Value>) -> Result<RowSet, CapabilityFailure> {
-        self.check_sql(&sql)?;
+        let sql = self.check_sql(sql)?;
         Ok(self.caps.backends.db.query(&sql, params).await?)
     }
 }
@@ -155,6 +199,28 @@ mod tests {
         assert!(matches!(&err, CapabilityFailure::Denied(m) if m.contains("secrets")), "{err}");
         let err = check(&["shop.*"], "SELECT * FROM other.orders").unwrap_err();
         assert!(matches!(err, CapabilityFailure::Denied(_)));
+    }
+
+    #[test]
+    fn schema_grants_cannot_be_widened_on_postgres() {
+        let pg = |granted: &[&str], sql: &str| {
+            let granted: Vec<String> = granted.iter().map(|s| s.to_string()).collect();
+            check_tables(&granted, SqlDialect::Postgres, sql)
+        };
+        pg(&["shop.*"], "SELECT * FROM shop.orders").unwrap();
+        // Unqualified names resolve through search_path: not under a schema grant.
+        assert!(matches!(pg(&["shop.*"], "SELECT * FROM orders"), Err(CapabilityFailure::Denied(_))));
+        let err = pg(&["shop.*"], "SELECT set_config('search_path', 'secret', false) FROM shop.orders").unwrap_err();
+        assert!(matches!(&err, CapabilityFailure::Denied(m) if m.contains("set_config")), "{err}");
+        assert!(matches!(
+            pg(&["shop.*"], "SELECT query_to_xml('select * from secret.keys', true, true, '')"),
+            Err(CapabilityFailure::Denied(_))
+        ));
+        assert!(matches!(pg(&["shop.*"], "SELECT pg_read_file('/etc/passwd')"), Err(CapabilityFailure::Denied(_))));
+        // A quoted name with a dot is one table, not schema and table.
+        assert!(matches!(pg(&["shop.orders"], r#"SELECT * FROM "shop.orders""#), Err(CapabilityFailure::Denied(_))));
+        assert!(matches!(pg(&["orders"], r#"SELECT * FROM "Orders""#), Err(CapabilityFailure::Denied(_))));
+        assert!(matches!(pg(&["shop.*"], "SELECT * FROM db.shop.orders"), Err(CapabilityFailure::Denied(_))));
     }
 
     #[test]

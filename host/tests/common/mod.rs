@@ -1,6 +1,8 @@
 //! Helpers shared by the test files.
 #![allow(dead_code)]
 
+pub mod conformance;
+
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 

@@ -10,7 +10,9 @@
 //! - `oom`: allocate until the memory limit stops it;
 //! - `recurse`: recurse until the stack overflows;
 //! - `cache`: set `key` (default `faults:hit`) in the cache and ack;
-//! - `busy`: compute for `delay_ms` milliseconds, then ack.
+//! - `busy`: compute for `delay_ms` milliseconds, then ack;
+//! - `sql`: execute `sql` with the text parameters `params` and ack; a
+//!   capability error rejects the message with the error.
 //!
 //! A payload that is not JSON is rejected, as any JSON handler should do.
 //!
@@ -20,7 +22,7 @@ wit_bindgen::generate!({ path: "../../wit", world: "handler" });
 
 use serde::Deserialize;
 use switchyard::handler::types::RetryRequest;
-use switchyard::handler::{cache, log};
+use switchyard::handler::{cache, db, log};
 
 #[derive(Deserialize)]
 struct Request {
@@ -31,6 +33,10 @@ struct Request {
     succeed_on: Option<u32>,
     #[serde(default)]
     key: Option<String>,
+    #[serde(default)]
+    sql: Option<String>,
+    #[serde(default)]
+    params: Vec<String>,
 }
 
 struct Faults;
@@ -81,6 +87,11 @@ impl Guest for Faults {
                 let key = req.key.unwrap_or_else(|| "faults:hit".into());
                 cache::set(&key, &msg.attempt.to_le_bytes(), None)
                     .map_err(|e| HandlerError::Reject(format!("cache set {key}: {e:?}")))
+            }
+            "sql" => {
+                let sql = req.sql.unwrap_or_default();
+                let params: Vec<db::Value> = req.params.into_iter().map(db::Value::Text).collect();
+                db::execute(&sql, &params).map(|_| ()).map_err(|e| HandlerError::Reject(format!("sql: {e:?}")))
             }
             other => Err(HandlerError::Reject(format!("unknown fault mode {other:?}"))),
         }

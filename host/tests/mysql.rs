@@ -1,0 +1,85 @@
+//! Integration tests against the real MariaDB (or MySQL) on this machine
+//! (`SWITCHYARD_MYSQL_URL`, default `mysql://root@127.0.0.1:3306/test`).
+//! Effects are checked through the test's own sqlx connection.
+
+mod common;
+
+use std::sync::Arc;
+
+use common::conformance::{self, DbUnderTest, Direct};
+use sqlx::Row;
+use sqlx::mysql::MySqlPool;
+use switchyard::capabilities::backends::mysql::MySqlDb;
+use switchyard::capabilities::backends::sql::ServerOptions;
+use switchyard::capabilities::db::DbBackend;
+use switchyard::runtime::bindings::db::Value;
+
+fn url() -> String {
+    std::env::var("SWITCHYARD_MYSQL_URL").unwrap_or_else(|_| "mysql://root@127.0.0.1:3306/test".into())
+}
+
+fn options() -> ServerOptions {
+    ServerOptions { init: Vec::new(), max_connections: 4, max_batch: 1000, timeout_ms: 5000 }
+}
+
+struct My(MySqlPool);
+
+#[async_trait::async_trait]
+impl Direct for My {
+    async fn exec(&self, sql: &str) {
+        sqlx::raw_sql(sql).execute(&self.0).await.unwrap_or_else(|e| panic!("{sql}: {e}"));
+    }
+    async fn int(&self, sql: &str) -> i64 {
+        sqlx::query(sql).fetch_one(&self.0).await.unwrap_or_else(|e| panic!("{sql}: {e}")).get::<i64, _>(0)
+    }
+    async fn text(&self, sql: &str) -> Option<String> {
+        let row = sqlx::query(sql).fetch_optional(&self.0).await.unwrap_or_else(|e| panic!("{sql}: {e}"));
+        row.map(|r| r.get::<String, _>(0))
+    }
+}
+
+#[tokio::test]
+async fn mysql_passes_the_db_conformance() {
+    let db: Arc<dyn DbBackend> = Arc::new(MySqlDb::open(&url(), &options()).await.unwrap());
+    let t = DbUnderTest {
+        backend_toml: format!("type = \"mysql\"\nurl = \"{}\"", url()),
+        db,
+        direct: Box::new(My(MySqlPool::connect(&url()).await.unwrap())),
+        types: ["BOOLEAN", "BIGINT", "DOUBLE", "TEXT", "BLOB", "JSON", "DATETIME(6)"],
+    };
+    conformance::db(&t, &conformance::unique("conf")).await;
+}
+
+#[tokio::test]
+async fn decimals_unsigned_and_timestamps_read_back_typed() {
+    let direct = MySqlPool::connect(&url()).await.unwrap();
+    let table = conformance::unique("kinds");
+    sqlx::raw_sql(&format!(
+        "CREATE TABLE {table} (d DECIMAL(10, 3), u BIGINT UNSIGNED, ts TIMESTAMP(6) NULL, v VARCHAR(20), day DATE)"
+    ))
+    .execute(&direct)
+    .await
+    .unwrap();
+    let db = MySqlDb::open(&url(), &options()).await.unwrap();
+    db.execute(
+        &format!("INSERT INTO {table} (d, u, ts, v, day) VALUES (?, ?, ?, ?, ?)"),
+        vec![Value::Float(12.5), Value::Int(7), Value::Timestamp(1_700_000_000_000_001), Value::Text("x".into()), Value::Timestamp(1_699_920_000_000_000)],
+    )
+    .await
+    .unwrap();
+    // The session is UTC: the server stored the instant given.
+    let (unix,): (i64,) = sqlx::query_as(&format!("SELECT CAST(UNIX_TIMESTAMP(ts) AS SIGNED) FROM {table}")).fetch_one(&direct).await.unwrap();
+    assert_eq!(unix, 1_700_000_000);
+    let rows = db.query(&format!("SELECT d, u, ts, v, day FROM {table}"), vec![]).await.unwrap();
+    assert_eq!(
+        rows.rows,
+        vec![vec![
+            Value::Float(12.5),
+            Value::Int(7),
+            Value::Timestamp(1_700_000_000_000_001),
+            Value::Text("x".into()),
+            Value::Timestamp(1_699_920_000_000_000)
+        ]]
+    );
+    sqlx::raw_sql(&format!("DROP TABLE {table}")).execute(&direct).await.unwrap();
+}

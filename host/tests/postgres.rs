@@ -1,0 +1,188 @@
+//! Integration tests against the real PostgreSQL on this machine
+//! (`SWITCHYARD_POSTGRES_URL`, default `postgres://postgres@127.0.0.1:5432/test`).
+//! Effects are checked through the test's own sqlx connection.
+
+mod common;
+
+use std::path::Path;
+use std::sync::Arc;
+
+use common::conformance::{self, Direct, DbUnderTest};
+use sqlx::postgres::PgPool;
+use sqlx::{Connection, Row};
+use switchyard::Config;
+use switchyard::capabilities::backends::postgres::PostgresDb;
+use switchyard::capabilities::backends::sql::ServerOptions;
+use switchyard::capabilities::db::DbBackend;
+use switchyard::config::{CacheBackendConfig, DbBackendConfig};
+use switchyard::runtime::bindings::db::Value;
+
+fn url() -> String {
+    std::env::var("SWITCHYARD_POSTGRES_URL").unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/test".into())
+}
+
+fn options() -> ServerOptions {
+    ServerOptions { init: Vec::new(), max_connections: 4, max_batch: 1000, timeout_ms: 5000 }
+}
+
+struct Pg(PgPool);
+
+#[async_trait::async_trait]
+impl Direct for Pg {
+    async fn exec(&self, sql: &str) {
+        sqlx::raw_sql(sql).execute(&self.0).await.unwrap_or_else(|e| panic!("{sql}: {e}"));
+    }
+    async fn int(&self, sql: &str) -> i64 {
+        sqlx::query(sql).fetch_one(&self.0).await.unwrap_or_else(|e| panic!("{sql}: {e}")).get::<i64, _>(0)
+    }
+    async fn text(&self, sql: &str) -> Option<String> {
+        let row = sqlx::query(sql).fetch_optional(&self.0).await.unwrap_or_else(|e| panic!("{sql}: {e}"));
+        row.map(|r| r.get::<String, _>(0))
+    }
+}
+
+#[tokio::test]
+async fn postgres_passes_the_db_conformance() {
+    let db: Arc<dyn DbBackend> = Arc::new(PostgresDb::open(&url(), &options()).await.unwrap());
+    let t = DbUnderTest {
+        backend_toml: format!("type = \"postgres\"\nurl = \"{}\"", url()),
+        db,
+        direct: Box::new(Pg(PgPool::connect(&url()).await.unwrap())),
+        types: ["BOOLEAN", "BIGINT", "DOUBLE PRECISION", "TEXT", "BYTEA", "JSONB", "TIMESTAMPTZ"],
+    };
+    conformance::db(&t, &conformance::unique("conf")).await;
+}
+
+#[tokio::test]
+async fn concurrent_inserts_share_transactions_and_statements() {
+    let direct = PgPool::connect(&url()).await.unwrap();
+    let table = conformance::unique("grouped");
+    sqlx::raw_sql(&format!("CREATE TABLE {table} (id BIGINT PRIMARY KEY, v TEXT NOT NULL)")).execute(&direct).await.unwrap();
+    let db = PostgresDb::open(&url(), &options()).await.unwrap();
+    let insert = format!("INSERT INTO {table} (id, v) VALUES ($1, $2)");
+    let calls: Vec<_> = (0..500i64).map(|i| db.execute(&insert, vec![Value::Int(i), Value::Text(i.to_string())])).collect();
+    for r in futures::future::join_all(calls).await {
+        assert_eq!(r, Ok(1));
+    }
+    let (rows, transactions): (i64, i64) =
+        sqlx::query_as(&format!("SELECT count(*), count(DISTINCT xmin::text) FROM {table}")).fetch_one(&direct).await.unwrap();
+    assert_eq!(rows, 500);
+    // Rows written by one transaction share its id (xmin): 500 callers at
+    // once must not have cost 500 commits.
+    assert!(transactions < 100, "500 concurrent inserts took {transactions} transactions");
+    sqlx::raw_sql(&format!("DROP TABLE {table}")).execute(&direct).await.unwrap();
+}
+
+#[tokio::test]
+async fn a_schema_grant_cannot_be_escaped_through_unqualified_names_or_search_path() {
+    let direct = PgPool::connect(&url()).await.unwrap();
+    let schema = conformance::unique("tenant");
+    sqlx::raw_sql(&format!(
+        "CREATE SCHEMA {schema}; CREATE TABLE {schema}.items (id BIGINT PRIMARY KEY); CREATE TABLE public.{schema}_items (id BIGINT PRIMARY KEY);"
+    ))
+    .execute(&direct)
+    .await
+    .unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let template = format!(
+        r#"
+        [sources.in]
+        type = "file"
+        path = "in.jsonl"
+
+        [backends.db]
+        type = "postgres"
+        url = "{url}"
+
+        [tenants.t.grants]
+        db_tables = ["{schema}.*"]
+
+        [tenants.t.handlers.faults]
+        wasm = "WASM"
+
+        [[routes]]
+        source = "in"
+        topic = "*"
+        tenant = "t"
+        handler = "faults"
+        max_attempts = 1
+        "#,
+        url = url()
+    );
+    let message = |id: &str, sql: String| {
+        serde_json::json!({"topic": "sql", "id": id, "payload": {"mode": "sql", "sql": sql}}).to_string()
+    };
+    let lines = [
+        message("qualified", format!("INSERT INTO {schema}.items (id) VALUES (1)")),
+        message("unqualified", format!("INSERT INTO {schema}_items (id) VALUES (2)")),
+        message("search-path", format!("SELECT set_config('search_path', 'public', false) FROM {schema}.items")),
+        message("xml", format!("SELECT query_to_xml('delete from public.{schema}_items', true, true, '') FROM {schema}.items")),
+    ];
+    let lines: Vec<&str> = lines.iter().map(String::as_str).collect();
+    let config = common::config_with_file(dir.path(), &template, "faults", &lines);
+    let (stats, _) = common::run_host(&config).await;
+    assert_eq!((stats.handled, stats.dead_lettered), (1, 3), "{stats:?}");
+    for line in common::read_dead_letters(&dir.path().join("dead-letter/in.jsonl")) {
+        let reason = common::header(&line, "switchyard-dead-letter-reason").unwrap();
+        assert!(reason.contains("Denied"), "{}: {reason}", line["id"]);
+    }
+    let count = |sql: String| {
+        let direct = direct.clone();
+        async move { sqlx::query(&sql).fetch_one(&direct).await.unwrap().get::<i64, _>(0) }
+    };
+    assert_eq!(count(format!("SELECT count(*) FROM {schema}.items")).await, 1);
+    assert_eq!(count(format!("SELECT count(*) FROM public.{schema}_items")).await, 0);
+    sqlx::raw_sql(&format!("DROP SCHEMA {schema} CASCADE; DROP TABLE public.{schema}_items"))
+        .execute(&direct)
+        .await
+        .unwrap();
+}
+
+/// The quickstart's handlers, unchanged, on PostgreSQL and Redis instead of
+/// the embedded backends: `order-insert`'s `?` placeholders and `ON CONFLICT`
+/// run on PostgreSQL as written.
+#[tokio::test]
+async fn quickstart_handlers_run_against_postgres_and_redis() {
+    let database = conformance::unique("quickstart");
+    let mut admin = sqlx::PgConnection::connect(&url()).await.unwrap();
+    sqlx::raw_sql(&format!("CREATE DATABASE {database}")).execute(&mut admin).await.unwrap();
+    let db_url = format!("{}/{database}", url().rsplit_once('/').unwrap().0);
+    let prefix = format!("{}:", conformance::unique("qs"));
+
+    let dir = tempfile::tempdir().unwrap();
+    let quickstart = Path::new(env!("CARGO_MANIFEST_DIR")).join("../examples/quickstart/switchyard.toml");
+    let mut config = Config::load(&quickstart).unwrap();
+    config.data_dir = dir.path().to_path_buf();
+    config.backends.db = DbBackendConfig::Postgres {
+        url: db_url.clone(),
+        init: vec!["CREATE TABLE orders (id TEXT PRIMARY KEY, customer TEXT NOT NULL, total DOUBLE PRECISION NOT NULL)".into()],
+        max_connections: 4,
+        max_batch: 1000,
+        timeout_ms: 5000,
+    };
+    config.backends.cache =
+        CacheBackendConfig::Redis { url: "redis://127.0.0.1:6379".into(), key_prefix: prefix.clone(), timeout_ms: 2000 };
+    let (stats, _) = common::run_host(&config).await;
+    assert_eq!((stats.handled, stats.dead_lettered, stats.retried), (101, 1, 0), "{stats:?}");
+
+    let pg = PgPool::connect(&db_url).await.unwrap();
+    let (orders,): (i64,) = sqlx::query_as("SELECT count(*) FROM orders").fetch_one(&pg).await.unwrap();
+    assert_eq!(orders, 30);
+    let (customer, total): (String, f64) =
+        sqlx::query_as("SELECT customer, total FROM orders WHERE id = 'o7'").fetch_one(&pg).await.unwrap();
+    assert_eq!(customer, "c0");
+    assert!(total > 0.0);
+    pg.close().await;
+
+    let client = redis::Client::open("redis://127.0.0.1:6379").unwrap();
+    let mut redis = client.get_multiplexed_async_connection().await.unwrap();
+    let p1: Option<Vec<u8>> = redis::cmd("GET").arg(format!("{prefix}product:p1")).query_async(&mut redis).await.unwrap();
+    let p1: serde_json::Value = serde_json::from_slice(&p1.expect("product:p1 is in Redis under the key prefix")).unwrap();
+    assert_eq!(p1["name"], "green sprocket");
+    let p3: Option<Vec<u8>> = redis::cmd("GET").arg(format!("{prefix}product:p3")).query_async(&mut redis).await.unwrap();
+    assert_eq!(p3, None, "p3 was deleted by a later message");
+    let keys: Vec<String> = redis::cmd("KEYS").arg(format!("{prefix}*")).query_async(&mut redis).await.unwrap();
+    let _: i64 = redis::cmd("DEL").arg(&keys).query_async(&mut redis).await.unwrap();
+
+    sqlx::raw_sql(&format!("DROP DATABASE {database} WITH (FORCE)")).execute(&mut admin).await.unwrap();
+}
