@@ -70,6 +70,27 @@ pub struct Config {
     /// order; the first match wins.
     #[serde(default)]
     pub routes: Vec<RouteConfig>,
+
+    /// The admin API and the watched deploy directory. Off unless set.
+    #[serde(default)]
+    pub admin: Option<AdminConfig>,
+}
+
+/// The admin API: deploys, metrics and probes.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AdminConfig {
+    /// Where the HTTP API listens. Example: `listen = "127.0.0.1:9090"`.
+    #[serde(default)]
+    pub listen: Option<String>,
+    /// The bearer token that deploy, list and rollback calls must carry.
+    /// Without it those calls answer 401. Example: `token = "change-me"`.
+    #[serde(default)]
+    pub token: Option<String>,
+    /// A directory watched for deploys: `<watch_dir>/<tenant>/<handler>.wasm`
+    /// is deployed whenever it changes. Example: `watch_dir = "deploy"`.
+    #[serde(default)]
+    pub watch_dir: Option<PathBuf>,
 }
 
 /// One message source, chosen by `type`.
@@ -200,6 +221,10 @@ pub struct TenantConfig {
     /// What the tenant's handlers may touch. Default: nothing.
     #[serde(default)]
     pub grants: Grants,
+    /// Limits on everything the tenant runs. Default: none beyond each
+    /// handler's own limits.
+    #[serde(default)]
+    pub quotas: Quotas,
     /// The tenant's handlers by name.
     #[serde(default)]
     pub handlers: BTreeMap<String, HandlerConfig>,
@@ -225,6 +250,44 @@ pub struct Grants {
     /// Example: `publish = ["order.*"]`.
     #[serde(default)]
     pub publish: Vec<String>,
+}
+
+/// A tenant's quotas. The resource limits cap every handler's and route's
+/// own limits; the flow limits apply across all the tenant's routes.
+#[derive(Debug, Clone, Copy, Default, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct Quotas {
+    /// The most linear memory any invocation may use, in MiB. Example: `memory_mib = 32`.
+    #[serde(default)]
+    pub memory_mib: Option<u64>,
+    /// The longest any invocation may run, in milliseconds. Example: `timeout_ms = 1000`.
+    #[serde(default)]
+    pub timeout_ms: Option<u64>,
+    /// The most fuel any invocation may use. Example: `fuel = 50000000`.
+    #[serde(default)]
+    pub fuel: Option<u64>,
+    /// Invocations running at once across the tenant's routes. Example: `max_in_flight = 8`.
+    #[serde(default)]
+    pub max_in_flight: Option<usize>,
+    /// Invocations started per second across the tenant's routes, with a
+    /// burst of one second's worth. Example: `rate_per_sec = 500.0`.
+    #[serde(default)]
+    pub rate_per_sec: Option<f64>,
+}
+
+impl Quotas {
+    /// `limits`, capped by these quotas.
+    pub fn cap(&self, limits: Limits) -> Limits {
+        let min = |a: u64, b: Option<u64>| b.map_or(a, |b| a.min(b));
+        Limits {
+            memory_mib: min(limits.memory_mib, self.memory_mib),
+            timeout_ms: min(limits.timeout_ms, self.timeout_ms),
+            fuel: match (limits.fuel, self.fuel) {
+                (Some(a), Some(b)) => Some(a.min(b)),
+                (a, b) => a.or(b),
+            },
+        }
+    }
 }
 
 /// One handler: a component and its limits.
@@ -388,6 +451,27 @@ impl Config {
             for (handler, h) in &t.handlers {
                 check_limits(format!("tenants.{tenant}.handlers.{handler}.limits"), &h.limits)?;
             }
+            let q = &t.quotas;
+            let field = |f: &str| format!("tenants.{tenant}.quotas.{f}");
+            if q.max_in_flight == Some(0) {
+                return Err(invalid(field("max_in_flight"), "must be at least 1".into()));
+            }
+            if q.rate_per_sec.is_some_and(|r| !(r > 0.0 && r.is_finite())) {
+                return Err(invalid(field("rate_per_sec"), "must be a positive number".into()));
+            }
+            if q.memory_mib == Some(0) || q.timeout_ms == Some(0) {
+                return Err(invalid(field("memory_mib"), "memory_mib and timeout_ms must be at least 1".into()));
+            }
+        }
+        if let Some(admin) = &self.admin {
+            if let Some(listen) = &admin.listen {
+                listen
+                    .parse::<std::net::SocketAddr>()
+                    .map_err(|e| invalid("admin.listen".into(), format!("{listen:?} is not an address: {e}")))?;
+                if admin.token.as_deref().is_none_or(str::is_empty) {
+                    return Err(invalid("admin.token".into(), "the admin API needs a token to authorize deploys".into()));
+                }
+            }
         }
         for (i, route) in self.routes.iter().enumerate() {
             let field = |f: &str| format!("routes[{i}].{f}");
@@ -432,6 +516,9 @@ impl Config {
                 SourceConfig::Http { dead_letter, .. } => dead_letter.iter_mut().for_each(join),
                 _ => {}
             }
+        }
+        if let Some(dir) = self.admin.as_mut().and_then(|a| a.watch_dir.as_mut()) {
+            join(dir);
         }
         match &mut self.backends.db {
             DbBackendConfig::Sqlite { path, .. } => path.iter_mut().for_each(join),

@@ -23,6 +23,7 @@
 //! A handler that traps, loops or exhausts its memory fails only its own
 //! message; the host keeps serving.
 
+pub mod admin;
 pub mod bench;
 pub mod capabilities;
 pub mod config;

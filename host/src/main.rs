@@ -67,6 +67,17 @@ enum Command {
         /// The config file.
         config: PathBuf,
     },
+    /// Deploy, list and roll back handler versions on a running host.
+    Plugins {
+        /// The admin API of the running host.
+        #[arg(long, default_value = "http://127.0.0.1:9090", global = true)]
+        admin: String,
+        /// The admin token; defaults to $SWITCHYARD_TOKEN.
+        #[arg(long, env = "SWITCHYARD_TOKEN", global = true)]
+        token: Option<String>,
+        #[command(subcommand)]
+        action: PluginsAction,
+    },
     /// Query a search index of a config's search backend.
     Search {
         /// The config file.
@@ -87,6 +98,36 @@ enum Command {
         /// Messages per measurement.
         #[arg(long, default_value_t = 100_000)]
         messages: u32,
+    },
+}
+
+#[derive(Subcommand)]
+enum PluginsAction {
+    /// Validate a .wasm on the host and make it the live version.
+    Deploy {
+        /// The tenant.
+        tenant: String,
+        /// The handler.
+        handler: String,
+        /// The component.
+        wasm: PathBuf,
+    },
+    /// List every handler, or one handler's versions.
+    List {
+        /// The tenant.
+        tenant: Option<String>,
+        /// The handler.
+        handler: Option<String>,
+    },
+    /// Make the previous version live again, or `--version N`.
+    Rollback {
+        /// The tenant.
+        tenant: String,
+        /// The handler.
+        handler: String,
+        /// The version to go back to.
+        #[arg(long)]
+        version: Option<u32>,
     },
 }
 
@@ -138,6 +179,7 @@ async fn dispatch_command(command: Command) -> anyhow::Result<std::process::Exit
             invoke(&wasm, message, data_dir, init_sql, limits).await
         }
         Command::Check { config } => check(&config),
+        Command::Plugins { admin, token, action } => plugins(&admin, token.as_deref(), action).await,
         Command::Search { config, index, query, limit } => {
             let config = Config::load(&config)?;
             let search = backends::open_search(&config).context("cannot open the search backend")?;
@@ -244,10 +286,36 @@ async fn invoke(
     Ok(if invocation.outcome == Outcome::Ok { std::process::ExitCode::SUCCESS } else { std::process::ExitCode::from(2) })
 }
 
+async fn plugins(admin: &str, token: Option<&str>, action: PluginsAction) -> anyhow::Result<std::process::ExitCode> {
+    use switchyard::admin::client::request;
+    let response = match action {
+        PluginsAction::Deploy { tenant, handler, wasm } => {
+            let bytes = std::fs::read(&wasm).with_context(|| format!("cannot read {}", wasm.display()))?;
+            request(admin, "PUT", &format!("/v1/handlers/{tenant}/{handler}"), token, &bytes).await?
+        }
+        PluginsAction::List { tenant: Some(t), handler: Some(h) } => {
+            request(admin, "GET", &format!("/v1/handlers/{t}/{h}/versions"), token, b"").await?
+        }
+        PluginsAction::List { .. } => request(admin, "GET", "/v1/handlers", token, b"").await?,
+        PluginsAction::Rollback { tenant, handler, version } => {
+            let body = version.map(|v| serde_json::json!({ "version": v }).to_string()).unwrap_or_default();
+            request(admin, "POST", &format!("/v1/handlers/{tenant}/{handler}/rollback"), token, body.as_bytes()).await?
+        }
+    };
+    match serde_json::from_str::<serde_json::Value>(&response.body) {
+        Ok(json) => println!("{}", serde_json::to_string_pretty(&json)?),
+        Err(_) => println!("{}", response.body),
+    }
+    if response.status >= 300 {
+        bail!("the admin API answered {}", response.status);
+    }
+    Ok(std::process::ExitCode::SUCCESS)
+}
+
 fn check(path: &Path) -> anyhow::Result<std::process::ExitCode> {
     let config = Config::load(path)?;
     let runtime = Runtime::new(dispatch::runtime_options(&config))?;
-    let handlers = dispatch::load_handlers(&config, &runtime)?;
+    let registry = dispatch::load_handlers(&config, &Arc::new(runtime))?;
     if config.routes.is_empty() {
         bail!("{}: no routes: no message would reach a handler", path.display());
     }
@@ -255,7 +323,7 @@ fn check(path: &Path) -> anyhow::Result<std::process::ExitCode> {
         "{}: ok: {} sources, {} handlers loaded, {} routes",
         path.display(),
         config.sources.len(),
-        handlers.len(),
+        registry.slots().count(),
         config.routes.len()
     );
     Ok(std::process::ExitCode::SUCCESS)

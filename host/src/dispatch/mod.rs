@@ -3,6 +3,7 @@
 //! and dead-lettering.
 
 pub mod ordering;
+pub mod quota;
 pub mod router;
 pub mod stats;
 
@@ -20,7 +21,11 @@ use crate::capabilities::publish::{PublishRouter, Publisher};
 use crate::capabilities::{Backends, Capabilities, backends};
 use crate::config::{Config, ConfigError, RouteConfig, SourceConfig};
 use crate::runtime::bindings::Message;
-use crate::runtime::{InvokeContext, LoadError, Outcome, Plugin, Runtime, RuntimeError, RuntimeOptions};
+use crate::admin::Admin;
+use crate::config::AdminConfig;
+use crate::runtime::registry::{DeployError, HandlerSlot, Registry};
+use crate::runtime::{InvokeContext, Outcome, Runtime, RuntimeError, RuntimeOptions};
+use quota::TenantQuota;
 use crate::sources::dead_letter::DeadLetterFile;
 use crate::sources::local::{LOCAL, LocalSource};
 use crate::sources::{Delivery, Settle, Settlement, Source, file::FileSource, http::HttpSource, local};
@@ -44,15 +49,8 @@ pub enum HostError {
     #[error(transparent)]
     Runtime(#[from] RuntimeError),
     /// A handler could not be loaded.
-    #[error("tenant {tenant:?} handler {handler:?}: {error}")]
-    Handler {
-        /// The tenant.
-        tenant: String,
-        /// The handler.
-        handler: String,
-        /// Why.
-        error: LoadError,
-    },
+    #[error(transparent)]
+    Handler(#[from] DeployError),
     /// A backend could not be opened.
     #[error("cannot open the {capability} backend: {error}")]
     Backend {
@@ -69,7 +67,8 @@ pub struct Route {
     pattern: TopicPattern,
     policy: RouteConfig,
     invoke: InvokeContext,
-    plugin: Arc<Plugin>,
+    slot: Arc<HandlerSlot>,
+    quota: Arc<TenantQuota>,
     admission: Arc<Semaphore>,
     running: Arc<Semaphore>,
     order: Arc<KeyOrder>,
@@ -90,6 +89,8 @@ pub struct Host {
     routes: Arc<Vec<Route>>,
     sources: Vec<(String, Box<dyn Source>)>,
     local: LocalSource,
+    registry: Arc<Registry>,
+    admin: Option<AdminConfig>,
     progress: bool,
 }
 
@@ -109,23 +110,9 @@ pub fn runtime_options(config: &Config) -> RuntimeOptions {
     }
 }
 
-/// Load every handler named by a route, keyed by (tenant, handler).
-pub fn load_handlers(
-    config: &Config,
-    runtime: &Runtime,
-) -> Result<BTreeMap<(String, String), Arc<Plugin>>, HostError> {
-    let mut loaded = BTreeMap::new();
-    for (tenant, t) in &config.tenants {
-        for (handler, h) in &t.handlers {
-            let plugin = runtime.load(&h.wasm).map_err(|error| HostError::Handler {
-                tenant: tenant.clone(),
-                handler: handler.clone(),
-                error,
-            })?;
-            loaded.insert((tenant.clone(), handler.clone()), Arc::new(plugin));
-        }
-    }
-    Ok(loaded)
+/// Load every handler in the config as its first version.
+pub fn load_handlers(config: &Config, runtime: &Arc<Runtime>) -> Result<Arc<Registry>, HostError> {
+    Ok(Arc::new(Registry::load(config, runtime.clone())?))
 }
 
 impl Host {
@@ -133,18 +120,14 @@ impl Host {
     /// and sources. Fails with an error naming the part that is wrong.
     pub async fn build(config: &Config) -> Result<Self, HostError> {
         let runtime = Arc::new(Runtime::new(runtime_options(config))?);
-        let plugins = load_handlers(config, &runtime)?;
+        let registry = load_handlers(config, &runtime)?;
         let backends = Arc::new(backends::open(config).await.map_err(|error| HostError::Backend { capability: "db or search", error })?);
-        Self::assemble(config, runtime, plugins, backends)
+        Self::assemble(config, registry, backends)
     }
 
     /// Build the host from parts already made; tests use this to share a runtime.
-    pub fn assemble(
-        config: &Config,
-        runtime: Arc<Runtime>,
-        plugins: BTreeMap<(String, String), Arc<Plugin>>,
-        backends: Arc<Backends>,
-    ) -> Result<Self, HostError> {
+    pub fn assemble(config: &Config, registry: Arc<Registry>, backends: Arc<Backends>) -> Result<Self, HostError> {
+        let runtime = registry.runtime().clone();
         let stats = Arc::new(Stats::default());
         let (publisher, local) =
             local::loopback(Arc::new(DeadLetterFile::new(LOCAL, &config.dead_letter_path(LOCAL))), stats.clone());
@@ -153,14 +136,21 @@ impl Host {
             .iter()
             .map(|(name, t)| (name, Arc::new(Capabilities { backends: backends.clone(), grants: t.grants.clone() })))
             .collect();
+        let quotas: BTreeMap<&String, Arc<TenantQuota>> =
+            config.tenants.iter().map(|(name, t)| (name, Arc::new(TenantQuota::new(&t.quotas)))).collect();
 
         let mut routes = Vec::new();
         for route in &config.routes {
-            let key = (route.tenant.clone(), route.handler.clone());
-            let (Some(plugin), Some(tenant_caps)) = (plugins.get(&key), caps.get(&route.tenant)) else {
+            let (Some(slot), Some(tenant_caps), Some(quota), Some(tenant)) = (
+                registry.slot(&route.tenant, &route.handler),
+                caps.get(&route.tenant),
+                quotas.get(&route.tenant),
+                config.tenants.get(&route.tenant),
+            ) else {
                 continue; // `Config::validate` already refused dangling names.
             };
-            let limits = route.limits.unwrap_or(config.tenants[&route.tenant].handlers[&route.handler].limits);
+            let handler_limits = tenant.handlers.get(&route.handler).map(|h| h.limits).unwrap_or_default();
+            let limits = tenant.quotas.cap(route.limits.unwrap_or(handler_limits));
             routes.push(Route {
                 source: route.source.clone(),
                 pattern: TopicPattern::parse(&route.topic),
@@ -172,7 +162,8 @@ impl Host {
                     handler: route.handler.as_str().into(),
                     record_effects: false,
                 },
-                plugin: plugin.clone(),
+                slot: slot.clone(),
+                quota: quota.clone(),
                 admission: Arc::new(Semaphore::new(route.concurrency * QUEUE_PER_CONCURRENCY)),
                 running: Arc::new(Semaphore::new(route.concurrency)),
                 order: Arc::new(KeyOrder::default()),
@@ -214,7 +205,7 @@ impl Host {
             idle: tokio::sync::Notify::new(),
             shutdown: CancellationToken::new(),
         });
-        Ok(Self { shared, routes: Arc::new(routes), sources, local, progress: false })
+        Ok(Self { shared, routes: Arc::new(routes), sources, local, registry, admin: config.admin.clone(), progress: false })
     }
 
     /// Print a progress line to stderr every second while running.
@@ -228,11 +219,32 @@ impl Host {
         self.shared.stats.clone()
     }
 
+    /// The plugin registry, for deploys.
+    pub fn registry(&self) -> Arc<Registry> {
+        self.registry.clone()
+    }
+
     /// Run until every source has ended and every message is settled, or
     /// until `shutdown` is cancelled. On shutdown, intake stops, messages
     /// being handled finish and are settled, and the counters are returned.
     pub async fn run(self, shutdown: CancellationToken) -> Snapshot {
-        let Host { shared, routes, sources, local, progress } = self;
+        let Host { shared, routes, sources, local, registry, admin, progress } = self;
+        let ready = Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let admin_stop = CancellationToken::new();
+        if let Some(admin) = admin {
+            if let Some(listen) = admin.listen.as_deref().and_then(|l| l.parse().ok()) {
+                let server = Admin::new(registry.clone(), admin.token.clone(), ready.clone());
+                let stop = admin_stop.clone();
+                tokio::spawn(async move {
+                    if let Err(e) = server.serve(listen, stop).await {
+                        tracing::error!(%listen, error = %e, "admin API stopped");
+                    }
+                });
+            }
+            if let Some(dir) = admin.watch_dir {
+                tokio::spawn(crate::admin::watch::watch(registry.clone(), dir, admin_stop.clone()));
+            }
+        }
         let started = std::time::Instant::now();
         let intake = shutdown.child_token();
         // Retry waits end on shutdown; the message stays unsettled on its
@@ -262,6 +274,7 @@ impl Host {
         let local_task = tokio::spawn(Box::new(local).run(tx, local_stop.clone()));
         let local_consumer = tokio::spawn(consume(shared.clone(), routes.clone(), LOCAL.into(), rx, false));
 
+        ready.store(true, Ordering::Relaxed);
         let printer = progress.then(|| {
             let stats = shared.stats.clone();
             tokio::spawn(async move {
@@ -282,6 +295,7 @@ impl Host {
                 tracing::info!("shutting down: intake stopped, finishing messages in flight");
             }
         }
+        ready.store(false, Ordering::Relaxed);
         intake.cancel();
         while producers.join_next().await.is_some() {}
         while consumers.join_next().await.is_some() {}
@@ -297,6 +311,7 @@ impl Host {
         local_stop.cancel();
         let _ = local_task.await;
         let _ = local_consumer.await;
+        admin_stop.cancel();
         if let Some(printer) = printer {
             printer.abort();
             eprintln!("{}", Progress::summary(started, shared.stats.snapshot()));
@@ -392,9 +407,21 @@ async fn process(
                 dead_letter(&shared, route, settle, &message, reason, Vec::new()).await;
                 break;
             }
+            let metrics = &route.slot.metrics;
             let invocation = {
                 let Ok(_running) = route.running.acquire().await else { break };
-                shared.runtime.invoke(&route.plugin, &message, &route.invoke).await
+                let _tenant_slot = route.quota.admit().await;
+                // The live version now; a deploy during the call does not change it.
+                let version = route.slot.live();
+                metrics.in_flight.fetch_add(1, Ordering::Relaxed);
+                let invocation = shared.runtime.invoke(&version.plugin, &message, &route.invoke).await;
+                metrics.in_flight.fetch_sub(1, Ordering::Relaxed);
+                metrics.observe(invocation.elapsed);
+                if let Some(fuel) = invocation.fuel_used {
+                    metrics.fuel.fetch_add(fuel, Ordering::Relaxed);
+                }
+                version.served();
+                invocation
             };
             let (reason, requested) = match invocation.outcome {
                 Outcome::Ok => {
@@ -406,6 +433,7 @@ async fn process(
                         tracing::debug!("handled");
                         settle_or_log(settle, &message, Settlement::Ack).await;
                         shared.stats.handled.fetch_add(1, Ordering::Relaxed);
+                        metrics.handled.fetch_add(1, Ordering::Relaxed);
                         break;
                     }
                 }
@@ -429,6 +457,7 @@ async fn process(
             let delay = backoff(policy, message.attempt).max(requested.unwrap_or_default()).min(Duration::from_millis(policy.retry_max_ms));
             tracing::info!(%reason, delay_ms = delay.as_millis() as u64, "retrying");
             shared.stats.retried.fetch_add(1, Ordering::Relaxed);
+            metrics.retried.fetch_add(1, Ordering::Relaxed);
             if settle.retries_natively() {
                 settle_or_log(settle, &message, Settlement::Retry { delay }).await;
                 break;
@@ -457,6 +486,7 @@ async fn dead_letter(
     reason: String,
     compensations: Vec<crate::runtime::bindings::publish::Outgoing>,
 ) {
+    let reason = truncate(reason, MAX_REASON);
     tracing::warn!(%reason, "dead-lettering");
     let failed_at = std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
@@ -481,6 +511,23 @@ async fn dead_letter(
     }
     settle_or_log(settle, message, Settlement::DeadLetter { reason, headers }).await;
     shared.stats.dead_lettered.fetch_add(1, Ordering::Relaxed);
+    route.slot.metrics.dead_lettered.fetch_add(1, Ordering::Relaxed);
+}
+
+/// The longest reason kept in a dead-letter header; a handler cannot make
+/// its broker carry megabytes of "reason".
+const MAX_REASON: usize = 1024;
+
+fn truncate(mut text: String, max: usize) -> String {
+    if text.len() > max {
+        let mut end = max;
+        while !text.is_char_boundary(end) {
+            end -= 1;
+        }
+        text.truncate(end);
+        text.push_str("...");
+    }
+    text
 }
 
 async fn settle_or_log(settle: Box<dyn Settle>, message: &Message, settlement: Settlement) {

@@ -5,14 +5,15 @@
 #[allow(missing_docs)] // generated from the WIT, whose items are documented there
 pub mod bindings;
 pub mod plugin;
+pub mod registry;
 pub mod state;
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use wasmtime::component::Linker;
-use wasmtime::{Config, Engine, InstanceAllocationStrategy, PoolingAllocationConfig, Store, Trap};
+use wasmtime::{Config, Engine, InstanceAllocationStrategy, PoolingAllocationConfig, Store, Trap, UpdateDeadline};
 
 use crate::capabilities::{Capabilities, Effect};
 use crate::config::Limits;
@@ -120,6 +121,10 @@ pub struct Invocation {
     pub compensations: Vec<Outgoing>,
     /// Every capability call, if a record was asked for.
     pub effects: Vec<Effect>,
+    /// Wall time of the invocation, instantiation included.
+    pub elapsed: Duration,
+    /// Fuel consumed, when the engine meters fuel.
+    pub fuel_used: Option<u64>,
 }
 
 /// What an invocation runs as: the tenant's capabilities and the handler's limits.
@@ -208,6 +213,7 @@ impl Runtime {
     /// Run `plugin` on `message` in a fresh instance, within `ctx.limits`.
     /// Never fails: every way the handler can end is an [`Outcome`].
     pub async fn invoke(&self, plugin: &Plugin, message: &Message, ctx: &InvokeContext) -> Invocation {
+        let started = Instant::now();
         let limits = ctx.limits;
         let memory_limit = usize::try_from(limits.memory_mib << 20).unwrap_or(usize::MAX);
         let log_context =
@@ -218,10 +224,20 @@ impl Runtime {
         }
         let mut store = Store::new(&self.engine, state);
         store.limiter(|s| s);
-        store.set_epoch_deadline(ticks(limits.timeout_ms));
-        store.epoch_deadline_trap();
+        // Every tick, a handler still running in WebAssembly either hits its
+        // deadline or yields to the scheduler, so a spinning handler cannot
+        // hold a worker thread and starve other tenants' messages.
+        let deadline = Instant::now() + Duration::from_millis(limits.timeout_ms);
+        store.set_epoch_deadline(1);
+        store.epoch_deadline_callback(move |_| {
+            if Instant::now() >= deadline {
+                return Ok(UpdateDeadline::Interrupt);
+            }
+            Ok(UpdateDeadline::YieldCustom(1, Box::pin(tokio::task::yield_now())))
+        });
+        let fuel = limits.fuel.unwrap_or(u64::MAX);
         if self.fuel {
-            let _ = store.set_fuel(limits.fuel.unwrap_or(u64::MAX));
+            let _ = store.set_fuel(fuel);
         }
 
         let run = async {
@@ -239,6 +255,7 @@ impl Runtime {
             Ok(Err(Err(e))) => Outcome::Failed(Failure::Instantiate(format!("{e:#}"))),
             Ok(Err(Ok(e))) => Outcome::Failed(classify(&e, store.data(), &limits)),
         };
+        let fuel_used = if self.fuel { store.get_fuel().ok().map(|left| fuel - left) } else { None };
         let state = store.into_data();
         let ok = outcome == Outcome::Ok;
         Invocation {
@@ -246,6 +263,8 @@ impl Runtime {
             outbox: if ok { state.outbox } else { Vec::new() },
             compensations: state.compensations,
             effects: state.effects.unwrap_or_default(),
+            elapsed: started.elapsed(),
+            fuel_used,
         }
     }
 }
@@ -255,11 +274,6 @@ const KEEP_RESIDENT: usize = 16 << 20;
 
 /// The most table elements any one table may have in the pool.
 const TABLE_ELEMENTS: usize = 20_000;
-
-fn ticks(timeout_ms: u64) -> u64 {
-    let tick = EPOCH_TICK.as_millis() as u64;
-    timeout_ms.div_ceil(tick) + 1
-}
 
 fn classify(error: &wasmtime::Error, state: &HostState, limits: &Limits) -> Failure {
     match error.downcast_ref::<Trap>() {

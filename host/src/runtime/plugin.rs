@@ -108,7 +108,7 @@ pub(crate) fn load_bytes(
     if bytes.get(6..8) != Some(&COMPONENT_LAYER[..]) {
         return Err(LoadError::CoreModule { path });
     }
-    let digest = hex(&Sha256::digest(bytes));
+    let digest = digest(bytes);
     let cache_file = cache_dir.map(|dir| dir.join(format!("{digest}-{}.cwasm", engine_tag(engine))));
 
     let (component, cached) = match cache_file.as_deref().and_then(|f| from_cache(engine, f)) {
@@ -130,6 +130,11 @@ pub(crate) fn load_bytes(
         .map_err(|e| LoadError::WrongWorld { path: path.clone(), reason: format!("{e:#}") })?;
     tracing::debug!(handler = %path.display(), %digest, cached, "handler loaded");
     Ok(Plugin { path, digest, cached, pre })
+}
+
+/// The content digest of a .wasm: SHA-256, in hex.
+pub fn digest(bytes: &[u8]) -> String {
+    hex(&Sha256::digest(bytes))
 }
 
 /// Compiled code is only valid for the engine settings and wasmtime build

@@ -93,7 +93,9 @@ async fn connect(url: &str) -> Result<ConnectionManager, String> {
         .set_connection_timeout(Some(Duration::from_secs(2)))
         // Longer than a blocking read.
         .set_response_timeout(Some(BLOCK + Duration::from_secs(5)))
-        .set_max_delay(Duration::from_secs(5));
+        .set_max_delay(Duration::from_secs(5))
+        // Fail fast, so each failed attempt is logged by the source's own backoff.
+        .set_number_of_retries(1);
     ConnectionManager::new_with_config(client, config).await.map_err(|e| format!("cannot connect: {e}"))
 }
 
@@ -244,9 +246,18 @@ impl RedisStreamsSource {
                     }
                 }
             }
+            // Flow control: read no more than `batch` ahead of what is settled.
+            let held = shared.in_flight.lock().map(|f| f.len()).unwrap_or(0);
+            let room = self.batch.saturating_sub(held);
+            if room == 0 {
+                tokio::select! {
+                    _ = shutdown.cancelled() => return Ok(()),
+                    _ = tokio::time::sleep(Duration::from_millis(5)) => continue,
+                }
+            }
             let opts = StreamReadOptions::default()
                 .group(&self.config.group, &self.consumer)
-                .count(self.batch)
+                .count(room)
                 .block(BLOCK.as_millis() as usize);
             let read = tokio::select! {
                 _ = shutdown.cancelled() => return Ok(()),

@@ -33,9 +33,9 @@ pub fn config_with_file(dir: &Path, template: &str, plugin_name: &str, lines: &[
 /// Build a host whose backends the test can inspect.
 pub async fn build_host(config: &Config) -> (Host, Arc<Backends>) {
     let runtime = Arc::new(Runtime::new(dispatch::runtime_options(config)).unwrap());
-    let plugins = dispatch::load_handlers(config, &runtime).unwrap();
+    let registry = dispatch::load_handlers(config, &runtime).unwrap();
     let backends = Arc::new(backends::open(config).await.unwrap());
-    let host = Host::assemble(config, runtime, plugins, backends.clone()).unwrap();
+    let host = Host::assemble(config, registry, backends.clone()).unwrap();
     (host, backends)
 }
 
@@ -48,15 +48,28 @@ pub async fn run_host(config: &Config) -> (Snapshot, Arc<Backends>) {
     (stats, backends)
 }
 
-/// Start a host in the background; cancel the token to stop it.
-pub async fn started_host(
-    config: &Config,
-) -> (Arc<switchyard::dispatch::stats::Stats>, Arc<Backends>, CancellationToken, tokio::task::JoinHandle<Snapshot>) {
+/// A host running in the background.
+pub struct Running {
+    /// Its live counters.
+    pub stats: Arc<switchyard::dispatch::stats::Stats>,
+    /// Its backends.
+    pub backends: Arc<Backends>,
+    /// Its plugin registry.
+    pub registry: Arc<switchyard::runtime::registry::Registry>,
+    /// Cancel to stop it.
+    pub shutdown: CancellationToken,
+    /// Its run, ending with the final counters.
+    pub task: tokio::task::JoinHandle<Snapshot>,
+}
+
+/// Start a host in the background; cancel `shutdown` to stop it.
+pub async fn started_host(config: &Config) -> Running {
     let (host, backends) = build_host(config).await;
     let stats = host.stats();
+    let registry = host.registry();
     let shutdown = CancellationToken::new();
     let task = tokio::spawn(host.run(shutdown.clone()));
-    (stats, backends, shutdown, task)
+    Running { stats, backends, registry, shutdown, task }
 }
 
 /// The JSON lines of a dead-letter file.

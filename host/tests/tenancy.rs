@@ -1,0 +1,152 @@
+//! Multi-tenant isolation: a hostile tenant's handlers attack the host and a
+//! well-behaved tenant next to it. Every attack must fail only its own
+//! message, with the reason in the dead-letter headers, while every message
+//! of the well-behaved tenant is handled.
+
+mod common;
+
+use std::sync::Arc;
+
+use common::{header, plugin, read_dead_letters};
+use switchyard::config::Config;
+use switchyard::runtime::registry::{DeployError, Registry};
+use switchyard::runtime::{Runtime, RuntimeOptions};
+use tokio_util::sync::CancellationToken;
+
+const TENANTS: &str = r#"
+    [sources.in]
+    type = "file"
+    path = "in.jsonl"
+
+    [backends.db]
+    type = "sqlite"
+    init = [
+        "CREATE TABLE victim_secrets (secret TEXT)",
+        "INSERT INTO victim_secrets VALUES ('the crown jewels')",
+        "CREATE TABLE hostile_data (x TEXT)",
+    ]
+
+    [tenants.victim.grants]
+    cache_prefixes = ["product:", "victim:"]
+
+    [tenants.victim.handlers.cache-update]
+    wasm = "CACHE_UPDATE"
+
+    [tenants.hostile.grants]
+    cache_prefixes = ["hostile:"]
+    db_tables = ["hostile_data"]
+    publish = ["hostile.*"]
+
+    [tenants.hostile.quotas]
+    max_in_flight = 2
+    memory_mib = 32
+    timeout_ms = 300
+
+    [tenants.hostile.handlers.attack]
+    wasm = "HOSTILE"
+
+    [[routes]]
+    source = "in"
+    topic = "product.*"
+    tenant = "victim"
+    handler = "cache-update"
+
+    [[routes]]
+    source = "in"
+    topic = "attack"
+    tenant = "hostile"
+    handler = "attack"
+    max_attempts = 2
+    retry_base_ms = 5
+"#;
+
+fn config(dir: &std::path::Path, lines: &[String]) -> Config {
+    let text = TENANTS
+        .replace("CACHE_UPDATE", &plugin("cache_update").display().to_string())
+        .replace("HOSTILE", &plugin("hostile").display().to_string());
+    std::fs::write(dir.join("in.jsonl"), lines.join("\n") + "\n").unwrap();
+    let path = dir.join("switchyard.toml");
+    std::fs::write(&path, format!("data_dir = \".\"\n{text}")).unwrap();
+    Config::load(&path).unwrap()
+}
+
+#[tokio::test]
+async fn hostile_handlers_fail_only_their_own_messages() {
+    let dir = tempfile::tempdir().unwrap();
+    let attacks = [
+        "loop",
+        "memory",
+        "recurse",
+        "huge-result",
+        "read-other-tenant",
+        "sql-outside-grant",
+        "publish-forbidden",
+        "filesystem",
+        "network",
+        "environment",
+    ];
+    let mut lines = Vec::new();
+    for i in 0..200 {
+        lines.push(format!(r#"{{"topic": "product.changed", "id": "v{i}", "payload": {{"id": "{i}", "name": "thing {i}"}}}}"#));
+        if i % 20 == 0 {
+            let attack = attacks[i / 20];
+            lines.push(format!(r#"{{"topic": "attack", "id": "{attack}", "payload": {{"attack": "{attack}"}}}}"#));
+        }
+    }
+    let config = config(dir.path(), &lines);
+    let (host, backends) = common::build_host(&config).await;
+    backends.cache.set("victim:secret", b"hunter2".to_vec(), None).await.unwrap();
+    let stats = host.run(CancellationToken::new()).await;
+
+    // The well-behaved tenant: every message handled, every effect present.
+    assert_eq!(stats.handled, 200, "{stats:?}");
+    for i in [0, 57, 199] {
+        assert!(backends.cache.get(&format!("product:{i}")).await.unwrap().is_some(), "product:{i}");
+    }
+    // Nothing leaked, nothing published to the victim.
+    assert_eq!(backends.cache.get("hostile:loot").await.unwrap(), None);
+    assert!(!dir.path().join("dead-letter/local.jsonl").exists(), "nothing may reach the loopback");
+
+    // Every attack dead-lettered, with its refusal as the reason.
+    assert_eq!(stats.dead_lettered, attacks.len() as u64, "{stats:?}");
+    let dead = read_dead_letters(&dir.path().join("dead-letter/in.jsonl"));
+    let reason = |id: &str| {
+        let line = dead.iter().find(|d| d["id"] == id).unwrap_or_else(|| panic!("{id} was not dead-lettered"));
+        assert_eq!(header(line, "switchyard-tenant").as_deref(), Some("hostile"));
+        header(line, "switchyard-dead-letter-reason").unwrap()
+    };
+    let expect = [
+        ("loop", "handler timed out after 300 ms"),
+        ("memory", "handler exceeded its memory limit of 32 MiB"),
+        ("recurse", "handler trapped"),
+        ("read-other-tenant", "rejected: cache read refused: CapabilityError::Denied(\"cache key \\\"victim:secret\\\""),
+        ("sql-outside-grant", "rejected: sql refused: CapabilityError::Denied(\"table \\\"victim_secrets\\\""),
+        ("publish-forbidden", "rejected: publish refused: CapabilityError::Denied(\"destination \\\"victim.commands\\\""),
+        ("filesystem", "rejected: filesystem refused"),
+        ("network", "rejected: network refused"),
+        ("environment", "rejected: environment refused: \"no variables, no arguments\""),
+    ];
+    for (id, text) in expect {
+        let got = reason(id);
+        assert!(got.contains(text), "{id}: {got:?} should contain {text:?}");
+    }
+    // An 8 MiB reason is cut to a header-sized one.
+    let huge = reason("huge-result");
+    assert!(huge.starts_with("rejected: xxxx") && huge.len() < 2048, "{} bytes", huge.len());
+}
+
+#[test]
+fn a_handler_importing_an_ungranted_capability_is_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    let text = format!(
+        "data_dir = \".\"\n[tenants.plain.grants]\ncache_prefixes = [\"p:\"]\n[tenants.plain.handlers.h]\nwasm = \"{}\"\n",
+        plugin("hostile").display()
+    );
+    let path = dir.path().join("c.toml");
+    std::fs::write(&path, text).unwrap();
+    let config = Config::load(&path).unwrap();
+    let runtime = Arc::new(Runtime::new(RuntimeOptions::default()).unwrap());
+    let Err(err) = Registry::load(&config, runtime) else { panic!("the hostile handler imports db without a grant") };
+    assert!(matches!(err, DeployError::NotGranted { capability: "database tables", .. }), "{err}");
+    assert!(err.to_string().contains("switchyard:handler/db"), "{err}");
+}
