@@ -128,6 +128,16 @@ pub enum SourceConfig {
         #[serde(default)]
         dead_letter: Option<PathBuf>,
     },
+    /// Consumes RabbitMQ queues; see [`AmqpConfig`](crate::sources::amqp::AmqpConfig).
+    Amqp(crate::sources::amqp::AmqpConfig),
+    /// Subscribes to core NATS subjects; see [`NatsConfig`](crate::sources::nats::NatsConfig).
+    Nats(crate::sources::nats::NatsConfig),
+    /// Reads a JetStream durable pull consumer; see
+    /// [`JetStreamConfig`](crate::sources::nats::JetStreamConfig).
+    JetStream(crate::sources::nats::JetStreamConfig),
+    /// Reads Redis streams in a consumer group; see
+    /// [`RedisStreamsConfig`](crate::sources::redis_streams::RedisStreamsConfig).
+    Redis(crate::sources::redis_streams::RedisStreamsConfig),
 }
 
 /// Which backend serves each capability.
@@ -602,6 +612,7 @@ impl Config {
                     dead_letter.iter_mut().for_each(join);
                 }
                 SourceConfig::Http { dead_letter, .. } => dead_letter.iter_mut().for_each(join),
+                _ => {}
             }
         }
         if let Some(dir) = self.admin.as_mut().and_then(|a| a.watch_dir.as_mut()) {
@@ -624,7 +635,7 @@ impl Config {
     pub fn dead_letter_path(&self, source: &str) -> PathBuf {
         let configured = match self.sources.get(source) {
             Some(SourceConfig::File { dead_letter, .. } | SourceConfig::Http { dead_letter, .. }) => dead_letter.clone(),
-            None => None,
+            _ => None,
         };
         configured.unwrap_or_else(|| self.data_dir.join("dead-letter").join(format!("{source}.jsonl")))
     }

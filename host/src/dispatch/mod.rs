@@ -171,7 +171,14 @@ impl Host {
         }
 
         let mut sources: Vec<(String, Box<dyn Source>)> = Vec::new();
+        let mut publisher = PublishRouter::new(Arc::new(publisher));
         for (name, source) in &config.sources {
+            let concurrency = config.routes.iter().filter(|r| &r.source == name).map(|r| r.concurrency).sum();
+            if let Some((source, broker)) = crate::sources::broker(name, source, concurrency) {
+                publisher.add_broker(name, broker);
+                sources.push((name.clone(), source));
+                continue;
+            }
             let dead_letter = Arc::new(DeadLetterFile::new(name, &config.dead_letter_path(name)));
             let source: Box<dyn Source> = match source {
                 SourceConfig::File { path, replay, follow, .. } => {
@@ -186,13 +193,14 @@ impl Host {
                     })?;
                     Box::new(HttpSource::new(name, addr, dead_letter))
                 }
+                _ => continue, // built by `sources::broker` above
             };
             sources.push((name.clone(), source));
         }
 
         let shared = Arc::new(Shared {
             runtime,
-            publisher: Arc::new(PublishRouter::new(Arc::new(publisher))),
+            publisher: Arc::new(publisher),
             stats,
             idle: tokio::sync::Notify::new(),
             shutdown: CancellationToken::new(),

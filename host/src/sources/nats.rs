@@ -1,0 +1,529 @@
+//! The `nats` and `jetstream` sources and their publisher, through async-nats.
+//!
+//! `nats` subscribes to core subjects, in a queue group when one is set, so
+//! several hosts share the subjects. Core NATS keeps nothing: a message whose
+//! handler fails is retried in place by the host and finally published to the
+//! dead-letter subject with the reason headers. A message that carries a reply
+//! subject gets `reply-to = "<source>:<reply subject>"`, and a handler's
+//! publish to it answers the request.
+//!
+//! `jetstream` reads a durable pull consumer on a stream, both created if
+//! missing. Settlement is JetStream's own: ack (confirmed by the server),
+//! nak with the retry delay, and for a dead letter a publish to the
+//! dead-letter subject (kept in its own stream) followed by term. The attempt
+//! is the server's delivery count, so it survives a host restart.
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Duration;
+
+use async_nats::jetstream::{self, AckKind, consumer::PullConsumer};
+use async_nats::{HeaderMap, Subject};
+use async_trait::async_trait;
+use futures::StreamExt;
+use serde::Deserialize;
+use tokio::sync::mpsc;
+use tokio_util::sync::CancellationToken;
+
+use super::{Backoff, Delivery, ID_HEADER, KEY_HEADER, Settle, Settlement, Source, SourceError, now_ms, redact};
+use crate::capabilities::BackendError;
+use crate::capabilities::publish::Publisher;
+use crate::runtime::bindings::Message;
+use crate::runtime::bindings::publish::Outgoing;
+
+/// A core NATS source.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct NatsConfig {
+    /// The server. Example: `url = "nats://127.0.0.1:4222"`.
+    pub url: String,
+    /// Subjects to subscribe to; wildcards allowed. A message's topic is its
+    /// subject. Example: `subjects = ["users.registered", "rpc.>"]`.
+    pub subjects: Vec<String>,
+    /// The queue group: hosts in one group share the messages. Unset, every
+    /// host gets every message. Example: `queue_group = "mailer"`.
+    #[serde(default)]
+    pub queue_group: Option<String>,
+    /// Where dead letters are published, with the reason headers. Example:
+    /// `dead_letter_subject = "dead-letter.mailer"`; default
+    /// `switchyard.dead-letter.<source name>`.
+    #[serde(default)]
+    pub dead_letter_subject: Option<String>,
+}
+
+/// A JetStream source: a durable pull consumer on a stream.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct JetStreamConfig {
+    /// The server. Example: `url = "nats://127.0.0.1:4222"`.
+    pub url: String,
+    /// The stream, created with `subjects` if it does not exist.
+    /// Example: `stream = "ORDERS"`.
+    pub stream: String,
+    /// The stream's subjects, used when creating it. Example: `subjects = ["orders.>"]`.
+    #[serde(default)]
+    pub subjects: Vec<String>,
+    /// The durable consumer's name; hosts using the same name share the
+    /// work. Example: `consumer = "switchyard"` (the default).
+    #[serde(default = "default_consumer")]
+    pub consumer: String,
+    /// How long the server waits for a settlement before delivering again,
+    /// in milliseconds. Example: `ack_wait_ms = 30000` (the default).
+    #[serde(default = "default_ack_wait_ms")]
+    pub ack_wait_ms: u64,
+    /// The server's own limit on deliveries of one message, a backstop
+    /// behind the routes' `max_attempts` (which dead-letter with a reason).
+    /// Example: `max_deliver = 20`; default unlimited.
+    #[serde(default)]
+    pub max_deliver: Option<i64>,
+    /// Messages pulled ahead and not yet settled, at most. Default: twice the
+    /// sum of the routes' concurrency. Example: `max_ack_pending = 256`.
+    #[serde(default)]
+    pub max_ack_pending: Option<i64>,
+    /// Where dead letters are published, with the reason headers; kept in
+    /// the stream `<stream>-dead-letter`, created if missing. It must not be
+    /// one of the stream's own subjects. Example:
+    /// `dead_letter_subject = "dead-letter.orders"`; default `switchyard.dead-letter.<stream>`.
+    #[serde(default)]
+    pub dead_letter_subject: Option<String>,
+}
+
+fn default_consumer() -> String {
+    "switchyard".into()
+}
+fn default_ack_wait_ms() -> u64 {
+    30_000
+}
+
+impl NatsConfig {
+    /// The dead-letter subject of source `name`.
+    pub fn dead_letter_subject(&self, name: &str) -> String {
+        self.dead_letter_subject.clone().unwrap_or_else(|| format!("switchyard.dead-letter.{name}"))
+    }
+}
+
+impl JetStreamConfig {
+    /// The dead-letter subject.
+    pub fn dead_letter_subject(&self) -> String {
+        self.dead_letter_subject.clone().unwrap_or_else(|| format!("switchyard.dead-letter.{}", self.stream))
+    }
+    /// The stream that keeps the dead letters.
+    pub fn dead_letter_stream(&self) -> String {
+        format!("{}-dead-letter", self.stream)
+    }
+}
+
+/// The source and publisher for one `nats` source config.
+pub fn build_core(name: &str, config: &NatsConfig) -> (Box<dyn Source>, Arc<dyn Publisher>) {
+    let source = CoreSource { name: name.to_string(), config: config.clone(), next_id: Arc::new(AtomicU64::new(1)) };
+    (Box::new(source), Arc::new(NatsPublisher::new(name, &config.url, false)))
+}
+
+/// The source and publisher for one `jetstream` source config.
+pub fn build_jetstream(name: &str, config: &JetStreamConfig, concurrency: usize) -> (Box<dyn Source>, Arc<dyn Publisher>) {
+    let max_ack_pending = config.max_ack_pending.unwrap_or((concurrency.saturating_mul(2)).max(1) as i64);
+    let source = JetStreamSource { name: name.to_string(), config: config.clone(), max_ack_pending };
+    (Box::new(source), Arc::new(NatsPublisher::new(name, &config.url, true)))
+}
+
+/// Connect once, logging every later disconnect and reconnect with the
+/// source and address; the client reconnects and resubscribes by itself.
+async fn connect(name: &str, url: &str) -> Result<async_nats::Client, String> {
+    let (source, address) = (name.to_string(), redact(url));
+    async_nats::ConnectOptions::new()
+        .name(format!("switchyard {name}"))
+        .connection_timeout(Duration::from_secs(5))
+        .max_reconnects(None)
+        .event_callback(move |event| {
+            let (source, address) = (source.clone(), address.clone());
+            async move {
+                match event {
+                    async_nats::Event::Connected => tracing::info!(%source, %address, "NATS: connection established"),
+                    async_nats::Event::Disconnected => {
+                        tracing::error!(%source, %address, "NATS: disconnected; reconnecting with backoff")
+                    }
+                    other => tracing::warn!(%source, %address, "NATS: {other}"),
+                }
+            }
+        })
+        .connect(url)
+        .await
+        .map_err(|e| format!("cannot connect: {e}"))
+}
+
+/// Connect, retrying with backoff and a log line per failure until it works
+/// or shutdown. `None` on shutdown.
+async fn connect_with_backoff(kind: &str, name: &str, url: &str, shutdown: &CancellationToken) -> Option<async_nats::Client> {
+    let mut backoff = Backoff::default();
+    loop {
+        let attempt = tokio::select! {
+            _ = shutdown.cancelled() => return None,
+            c = connect(name, url) => c,
+        };
+        match attempt {
+            Ok(client) => {
+                tracing::info!(source = %name, address = %redact(url), "connected to {kind}");
+                return Some(client);
+            }
+            Err(e) => {
+                let delay = backoff.next_delay();
+                tracing::error!(source = %name, address = %redact(url), retry_in_ms = delay.as_millis() as u64, "{kind}: {e}; retrying");
+                tokio::select! {
+                    _ = shutdown.cancelled() => return None,
+                    _ = tokio::time::sleep(delay) => {}
+                }
+            }
+        }
+    }
+}
+
+fn headers_of(map: Option<&HeaderMap>) -> Vec<(String, String)> {
+    let Some(map) = map else { return Vec::new() };
+    let mut headers = Vec::new();
+    for (name, values) in map.iter() {
+        for value in values {
+            headers.push((name.to_string(), value.to_string()));
+        }
+    }
+    headers
+}
+
+fn header_map(headers: &[(String, String)]) -> HeaderMap {
+    let mut map = HeaderMap::new();
+    for (k, v) in headers {
+        map.append(k.as_str(), v.as_str());
+    }
+    map
+}
+
+fn find(headers: &[(String, String)], name: &str) -> Option<String> {
+    headers.iter().find(|(k, _)| k == name).map(|(_, v)| v.clone())
+}
+
+/// The `nats` source: core subjects.
+pub struct CoreSource {
+    name: String,
+    config: NatsConfig,
+    next_id: Arc<AtomicU64>,
+}
+
+impl CoreSource {
+    /// The config `type` that selects it.
+    pub const TYPE: &'static str = "nats";
+}
+
+#[async_trait]
+impl Source for CoreSource {
+    async fn run(self: Box<Self>, out: mpsc::Sender<Delivery>, shutdown: CancellationToken) -> Result<(), SourceError> {
+        let Some(client) = connect_with_backoff("NATS", &self.name, &self.config.url, &shutdown).await else { return Ok(()) };
+        let mut subscriptions = Vec::new();
+        let mut backoff = Backoff::default();
+        for subject in &self.config.subjects {
+            loop {
+                let sub = match &self.config.queue_group {
+                    Some(group) => client.queue_subscribe(subject.clone(), group.clone()).await,
+                    None => client.subscribe(subject.clone()).await,
+                };
+                match sub {
+                    Ok(s) => {
+                        subscriptions.push(s);
+                        break;
+                    }
+                    Err(e) => {
+                        tracing::error!(source = %self.name, address = %redact(&self.config.url), %subject, error = %e, "NATS: cannot subscribe; retrying");
+                        if !backoff.wait(&shutdown).await {
+                            return Ok(());
+                        }
+                    }
+                }
+            }
+        }
+        // The server has the subscriptions once it answers a flush.
+        if let Err(e) = client.flush().await {
+            tracing::warn!(source = %self.name, address = %redact(&self.config.url), error = %e, "NATS: flush after subscribing failed");
+        }
+        tracing::info!(source = %self.name, address = %redact(&self.config.url), subjects = ?self.config.subjects, queue_group = ?self.config.queue_group, "subscribed to NATS subjects");
+        let dead_letter = Arc::new(self.config.dead_letter_subject(&self.name));
+        let mut messages = futures::stream::select_all(subscriptions);
+        let started = now_ms();
+        loop {
+            let m = tokio::select! {
+                _ = shutdown.cancelled() => break,
+                m = messages.next() => match m { Some(m) => m, None => break },
+            };
+            let headers = headers_of(m.headers.as_ref());
+            let id = find(&headers, "Nats-Msg-Id").or_else(|| find(&headers, ID_HEADER)).unwrap_or_else(|| {
+                format!("{}-{started}-{}", self.name, self.next_id.fetch_add(1, Ordering::Relaxed))
+            });
+            let message = Message {
+                id,
+                source: self.name.clone(),
+                topic: m.subject.to_string(),
+                key: find(&headers, KEY_HEADER),
+                headers,
+                payload: m.payload.to_vec(),
+                attempt: 1,
+                reply_to: m.reply.as_ref().map(|r| format!("{}:{r}", self.name)),
+                timestamp_ms: None,
+            };
+            let settle = Box::new(CoreSettle { client: client.clone(), dead_letter: dead_letter.clone() });
+            if out.send(Delivery { message, settle }).await.is_err() {
+                break;
+            }
+        }
+        // Dropping the subscriptions unsubscribes; the client stays open for
+        // the settlements still running.
+        Ok(())
+    }
+}
+
+struct CoreSettle {
+    client: async_nats::Client,
+    dead_letter: Arc<String>,
+}
+
+#[async_trait]
+impl Settle for CoreSettle {
+    async fn settle(self: Box<Self>, message: &Message, settlement: Settlement) -> Result<(), SourceError> {
+        match settlement {
+            Settlement::Ack => Ok(()),
+            Settlement::Retry { .. } => Err(SourceError::Failed {
+                source_name: message.source.clone(),
+                message: "core NATS does not redeliver; the host retries in place".into(),
+            }),
+            Settlement::DeadLetter { headers, .. } => {
+                let mut all = message.headers.clone();
+                all.extend(headers);
+                all.push(("switchyard-subject".into(), message.topic.clone()));
+                let fail = |e: String| SourceError::Failed {
+                    source_name: message.source.clone(),
+                    message: format!("cannot publish the dead letter of {:?} to {:?}: {e}", message.topic, self.dead_letter),
+                };
+                self.client
+                    .publish_with_headers(self.dead_letter.to_string(), header_map(&all), message.payload.clone().into())
+                    .await
+                    .map_err(|e| fail(e.to_string()))?;
+                self.client.flush().await.map_err(|e| fail(e.to_string()))
+            }
+        }
+    }
+}
+
+/// The `jetstream` source: a durable pull consumer.
+pub struct JetStreamSource {
+    name: String,
+    config: JetStreamConfig,
+    max_ack_pending: i64,
+}
+
+impl JetStreamSource {
+    /// The config `type` that selects it.
+    pub const TYPE: &'static str = "jetstream";
+
+    async fn consumer(&self, js: &jetstream::Context) -> Result<PullConsumer, String> {
+        let c = &self.config;
+        let stream = js
+            .get_or_create_stream(jetstream::stream::Config {
+                name: c.stream.clone(),
+                subjects: c.subjects.clone(),
+                ..Default::default()
+            })
+            .await
+            .map_err(|e| format!("cannot get or create stream {:?}: {e}", c.stream))?;
+        js.get_or_create_stream(jetstream::stream::Config {
+            name: c.dead_letter_stream(),
+            subjects: vec![c.dead_letter_subject()],
+            ..Default::default()
+        })
+        .await
+        .map_err(|e| format!("cannot get or create dead-letter stream {:?}: {e}", c.dead_letter_stream()))?;
+        stream
+            .get_or_create_consumer(
+                &c.consumer,
+                jetstream::consumer::pull::Config {
+                    durable_name: Some(c.consumer.clone()),
+                    ack_policy: jetstream::consumer::AckPolicy::Explicit,
+                    ack_wait: Duration::from_millis(c.ack_wait_ms),
+                    max_deliver: c.max_deliver.unwrap_or(-1),
+                    max_ack_pending: self.max_ack_pending,
+                    ..Default::default()
+                },
+            )
+            .await
+            .map_err(|e| format!("cannot get or create consumer {:?} on stream {:?}: {e}", c.consumer, c.stream))
+    }
+
+    fn message(&self, m: &jetstream::Message) -> Result<Message, String> {
+        let info = m.info().map_err(|e| format!("not a JetStream delivery: {e}"))?;
+        let headers = headers_of(m.headers.as_ref());
+        Ok(Message {
+            id: info.stream_sequence.to_string(),
+            source: self.name.clone(),
+            topic: m.subject.to_string(),
+            key: find(&headers, KEY_HEADER),
+            headers,
+            payload: m.payload.to_vec(),
+            attempt: u32::try_from(info.delivered).unwrap_or(1).max(1),
+            // The message's own reply subject is JetStream's ack subject: not
+            // for handlers.
+            reply_to: None,
+            timestamp_ms: u64::try_from(info.published.unix_timestamp_nanos() / 1_000_000).ok(),
+        })
+    }
+}
+
+#[async_trait]
+impl Source for JetStreamSource {
+    async fn run(self: Box<Self>, out: mpsc::Sender<Delivery>, shutdown: CancellationToken) -> Result<(), SourceError> {
+        let Some(client) = connect_with_backoff("NATS JetStream", &self.name, &self.config.url, &shutdown).await else {
+            return Ok(());
+        };
+        let js = jetstream::new(client);
+        let dead_letter = Arc::new(self.config.dead_letter_subject());
+        let mut backoff = Backoff::default();
+        let address = redact(&self.config.url);
+        loop {
+            let messages = match self.consumer(&js).await {
+                Ok(c) => c.stream().max_messages_per_batch(self.max_ack_pending.clamp(1, 10_000) as usize).messages().await.map_err(|e| format!("cannot pull: {e}")),
+                Err(e) => Err(e),
+            };
+            let mut messages = match messages {
+                Ok(m) => {
+                    backoff.reset();
+                    tracing::info!(source = %self.name, %address, stream = %self.config.stream, consumer = %self.config.consumer, "pulling from JetStream");
+                    m
+                }
+                Err(e) => {
+                    let delay = backoff.next_delay();
+                    tracing::error!(source = %self.name, %address, retry_in_ms = delay.as_millis() as u64, "NATS JetStream: {e}; retrying");
+                    tokio::select! {
+                        _ = shutdown.cancelled() => return Ok(()),
+                        _ = tokio::time::sleep(delay) => continue,
+                    }
+                }
+            };
+            loop {
+                let next = tokio::select! {
+                    _ = shutdown.cancelled() => return Ok(()),
+                    m = messages.next() => m,
+                };
+                let m = match next {
+                    Some(Ok(m)) => m,
+                    Some(Err(e)) => {
+                        // Missed heartbeats and the like: the pull is renewed.
+                        tracing::warn!(source = %self.name, %address, error = %e, "NATS JetStream: pull interrupted; pulling again");
+                        if !backoff.wait(&shutdown).await {
+                            return Ok(());
+                        }
+                        break;
+                    }
+                    None => break,
+                };
+                let message = match self.message(&m) {
+                    Ok(message) => message,
+                    Err(e) => {
+                        tracing::warn!(source = %self.name, subject = %m.subject, "skipping: {e}");
+                        continue;
+                    }
+                };
+                let (_, acker) = m.split();
+                let settle = Box::new(JetStreamSettle { js: js.clone(), acker, dead_letter: dead_letter.clone() });
+                if out.send(Delivery { message, settle }).await.is_err() {
+                    return Ok(());
+                }
+            }
+        }
+    }
+}
+
+struct JetStreamSettle {
+    js: jetstream::Context,
+    acker: jetstream::message::Acker,
+    dead_letter: Arc<String>,
+}
+
+#[async_trait]
+impl Settle for JetStreamSettle {
+    fn retries_natively(&self) -> bool {
+        true
+    }
+
+    async fn settle(self: Box<Self>, message: &Message, settlement: Settlement) -> Result<(), SourceError> {
+        let fail = |what: &str, e: String| SourceError::Failed {
+            source_name: message.source.clone(),
+            message: format!("subject {:?} sequence {}: {what}: {e}", message.topic, message.id),
+        };
+        match settlement {
+            Settlement::Ack => self.acker.double_ack().await.map_err(|e| fail("ack failed", e.to_string())),
+            Settlement::Retry { delay } => {
+                self.acker.ack_with(AckKind::Nak(Some(delay))).await.map_err(|e| fail("nak failed", e.to_string()))
+            }
+            Settlement::DeadLetter { headers, .. } => {
+                let mut all = message.headers.clone();
+                all.extend(headers);
+                all.push(("switchyard-subject".into(), message.topic.clone()));
+                all.push(("switchyard-stream-sequence".into(), message.id.clone()));
+                self.js
+                    .publish_with_headers(self.dead_letter.to_string(), header_map(&all), message.payload.clone().into())
+                    .await
+                    .map_err(|e| fail("cannot publish the dead letter", e.to_string()))?
+                    .await
+                    .map_err(|e| fail("the dead letter was not stored", e.to_string()))?;
+                self.acker.double_ack_with(AckKind::Term).await.map_err(|e| fail("term failed", e.to_string()))
+            }
+        }
+    }
+}
+
+/// Publishes to NATS over its own connection, opened on first use. For a
+/// `jetstream` source each publish waits for the stream's ack; for a `nats`
+/// source it is flushed to the server. Replies (`_INBOX.` subjects) are
+/// always core publishes.
+pub struct NatsPublisher {
+    name: String,
+    url: String,
+    jetstream: bool,
+    client: tokio::sync::OnceCell<async_nats::Client>,
+}
+
+impl NatsPublisher {
+    fn new(name: &str, url: &str, jetstream: bool) -> Self {
+        Self { name: name.to_string(), url: url.to_string(), jetstream, client: tokio::sync::OnceCell::new() }
+    }
+
+    fn unavailable(&self, what: impl std::fmt::Display) -> BackendError {
+        BackendError::Unavailable(format!("NATS source {} at {}: {what}", self.name, redact(&self.url)))
+    }
+}
+
+#[async_trait]
+impl Publisher for NatsPublisher {
+    async fn publish(&self, messages: Vec<Outgoing>) -> Result<(), BackendError> {
+        let client = self.client.get_or_try_init(|| connect(&self.name, &self.url)).await.map_err(|e| self.unavailable(e))?;
+        let js = jetstream::new(client.clone());
+        let mut acks = Vec::new();
+        for m in messages {
+            let mut headers = m.headers.clone();
+            if let Some(key) = &m.key {
+                headers.push((KEY_HEADER.into(), key.clone()));
+            }
+            let subject = Subject::from(m.destination.as_str());
+            if self.jetstream && !m.destination.starts_with("_INBOX.") {
+                let ack = js
+                    .publish_with_headers(subject, header_map(&headers), m.payload.into())
+                    .await
+                    .map_err(|e| self.unavailable(format!("cannot publish to {:?}: {e}", m.destination)))?;
+                acks.push((m.destination, ack));
+            } else {
+                client
+                    .publish_with_headers(subject, header_map(&headers), m.payload.into())
+                    .await
+                    .map_err(|e| self.unavailable(format!("cannot publish to {:?}: {e}", m.destination)))?;
+            }
+        }
+        for (destination, ack) in acks {
+            ack.await.map_err(|e| self.unavailable(format!("{destination:?} was not stored: {e}")))?;
+        }
+        client.flush().await.map_err(|e| self.unavailable(format!("cannot flush: {e}")))
+    }
+}
