@@ -112,7 +112,7 @@ fn run_drains_and_exits_zero_on_sigterm() {
     let port = common::free_port();
     let text = format!(
         "data_dir = \".\"\n[sources.web]\ntype = \"http\"\nlisten = \"127.0.0.1:{port}\"\n\
-         [tenants.t.grants]\ncache_prefixes = [\"faults:\"]\n\
+         [tenants.t.grants]\ncache_prefixes = [\"faults:\"]\ndb_tables = [\"faults\"]\n\
          [tenants.t.handlers.faults]\nwasm = \"{}\"\n\
          [[routes]]\nsource = \"web\"\ntopic = \"*\"\ntenant = \"t\"\nhandler = \"faults\"\n",
         plugin("faults").display()

@@ -69,6 +69,7 @@ const FAULTS: &str = r#"
 
     [tenants.t.grants]
     cache_prefixes = ["faults:"]
+    db_tables = ["faults"]
 
     [tenants.t.handlers.faults]
     wasm = "WASM"
