@@ -83,7 +83,7 @@ const FAULTS: &str = r#"
     retry_base_ms = 5
     retry_max_ms = 50
     max_message_bytes = 4096
-    limits = { memory_mib = 16, timeout_ms = 300 }
+    limits = { memory_mib = 16, timeout_ms = 1000 }
 "#;
 
 #[tokio::test]
@@ -121,7 +121,7 @@ async fn every_failure_mode_fails_only_its_own_message() {
         ("retry", "gave up after 3 attempts: asked to retry", "3"),
         ("reject", "rejected: asked to reject", "1"),
         ("trap", "gave up after 3 attempts: handler trapped", "3"),
-        ("loop", "gave up after 3 attempts: handler timed out after 300 ms", "3"),
+        ("loop", "gave up after 3 attempts: handler timed out after 1000 ms", "3"),
         ("oom", "gave up after 3 attempts: handler exceeded its memory limit of 16 MiB", "3"),
         ("recurse", "gave up after 3 attempts: handler trapped", "3"),
         ("not-json", "rejected: payload is not a fault request", "1"),

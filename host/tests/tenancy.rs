@@ -40,7 +40,7 @@ const TENANTS: &str = r#"
     [tenants.hostile.quotas]
     max_in_flight = 2
     memory_mib = 32
-    timeout_ms = 300
+    timeout_ms = 1000
 
     [tenants.hostile.handlers.attack]
     wasm = "HOSTILE"
@@ -116,7 +116,7 @@ async fn hostile_handlers_fail_only_their_own_messages() {
         header(line, "switchyard-dead-letter-reason").unwrap()
     };
     let expect = [
-        ("loop", "handler timed out after 300 ms"),
+        ("loop", "handler timed out after 1000 ms"),
         ("memory", "handler exceeded its memory limit of 32 MiB"),
         ("recurse", "handler trapped"),
         ("read-other-tenant", "rejected: cache read refused: CapabilityError::Denied(\"cache key \\\"victim:secret\\\""),

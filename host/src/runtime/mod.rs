@@ -234,12 +234,17 @@ impl Runtime {
         // before its next tick of CPU. Handlers that finish within a tick are
         // never paused; a runaway one gets a small share of a core, so it
         // cannot starve other tenants' messages before its deadline ends it.
-        let deadline = Instant::now() + Duration::from_millis(limits.timeout_ms);
+        let deadline = started + Duration::from_millis(limits.timeout_ms);
         store.set_epoch_deadline(1);
         store.epoch_deadline_callback(move |_| {
             let now = Instant::now();
             if now >= deadline {
                 return Ok(UpdateDeadline::Interrupt);
+            }
+            // The first tick can come at any moment after the start; only a
+            // handler that has run for a whole tick is long-running.
+            if now - started < EPOCH_TICK {
+                return Ok(UpdateDeadline::Continue(1));
             }
             let pause = (EPOCH_TICK * LONG_RUNNING_PAUSE).min(deadline - now);
             Ok(UpdateDeadline::YieldCustom(1, Box::pin(tokio::time::sleep(pause))))
