@@ -138,6 +138,9 @@ pub enum SourceConfig {
     /// Reads Redis streams in a consumer group; see
     /// [`RedisStreamsConfig`](crate::sources::redis_streams::RedisStreamsConfig).
     Redis(crate::sources::redis_streams::RedisStreamsConfig),
+    /// Reads Kafka topics in a consumer group; see
+    /// [`KafkaConfig`](crate::sources::kafka::KafkaConfig).
+    Kafka(crate::sources::kafka::KafkaConfig),
 }
 
 /// Which backend serves each capability.

@@ -6,6 +6,7 @@ pub mod amqp;
 pub mod dead_letter;
 pub mod file;
 pub mod http;
+pub mod kafka;
 pub mod local;
 pub mod nats;
 pub mod redis_streams;
@@ -113,6 +114,7 @@ pub fn broker(name: &str, config: &SourceConfig, concurrency: usize) -> Option<(
         SourceConfig::Nats(c) => nats::build_core(name, c),
         SourceConfig::JetStream(c) => nats::build_jetstream(name, c, concurrency),
         SourceConfig::Redis(c) => redis_streams::build(name, c, concurrency),
+        SourceConfig::Kafka(c) => kafka::build(name, c, concurrency),
     })
 }
 

@@ -144,7 +144,14 @@ impl Host {
 
     /// Wait until the host's source is consuming.
     pub async fn wait_ready(&self) {
-        const MARKERS: [&str; 4] = ["connected to RabbitMQ", "pulling from JetStream", "subscribed to NATS", "reading Redis streams"];
+        const MARKERS: [&str; 5] = [
+            "connected to RabbitMQ",
+            "pulling from JetStream",
+            "subscribed to NATS",
+            "reading Redis streams",
+            // Logged once the consumer group has given the host partitions.
+            "consuming Kafka partitions",
+        ];
         let deadline = Instant::now() + Duration::from_secs(60);
         loop {
             let log = self.log();
