@@ -214,3 +214,46 @@ async fn down_at_start() {
     let source = format!("type = \"kafka\"\nbrokers = \"127.0.0.1:{port}\"\ntopics = [\"nowhere\"]");
     conformance::down_at_start(&source, &test_dir("kafka-down"), &format!("127.0.0.1:{port}"), "Kafka").await;
 }
+
+/// The publisher handlers reach as `<source>:<topic>`: it produces the
+/// record with its key and headers, and returns once the broker has it.
+#[tokio::test]
+async fn publisher_produces_to_the_topic() {
+    use switchyard::capabilities::publish::Publisher;
+    use switchyard::runtime::bindings::publish::Outgoing;
+
+    let kafka = Kafka::new("publish").await;
+    let config: switchyard::sources::kafka::KafkaConfig =
+        toml::from_str(&format!("brokers = \"{}\"\ntopics = [\"{}\"]", kafka.brokers, kafka.topic)).unwrap();
+    let (_source, publisher) = switchyard::sources::kafka::build("out", &config, 1);
+    publisher
+        .publish(vec![Outgoing {
+            destination: kafka.topic.clone(),
+            payload: b"hello".to_vec(),
+            headers: vec![("order-id".into(), "42".into())],
+            key: Some("k1".into()),
+        }])
+        .await
+        .unwrap();
+    let reader = kafka.reader(&unique("reader"));
+    let topic = kafka.topic.clone();
+    let records = tokio::task::spawn_blocking(move || read_all(&reader, &topic)).await.unwrap();
+    assert_eq!(records.len(), 1, "{records:?}");
+    assert_eq!(records[0].payload, b"hello");
+    assert_eq!(records[0].header("order-id"), Some("42"));
+
+    // A topic that does not exist fails as `unavailable`, naming the source.
+    let config: switchyard::sources::kafka::KafkaConfig = toml::from_str(&format!(
+        "brokers = \"{}\"\ntopics = [\"{}\"]\nproduce_timeout_ms = 2000",
+        kafka.brokers, kafka.topic
+    ))
+    .unwrap();
+    let (_source, publisher) = switchyard::sources::kafka::build("out", &config, 1);
+    let missing = unique("missing-topic");
+    let err = publisher
+        .publish(vec![Outgoing { destination: missing.clone(), payload: b"x".to_vec(), headers: Vec::new(), key: None }])
+        .await
+        .unwrap_err()
+        .to_string();
+    assert!(err.contains("Kafka source out") && err.contains(&missing), "{err}");
+}

@@ -58,6 +58,8 @@ pub const TOPIC_HEADER: &str = "switchyard-topic";
 
 /// How long one reachability check or admin call waits for the brokers.
 const BROKER_TIMEOUT: Duration = Duration::from_secs(5);
+/// The longest wait after a failed read before reading again.
+const MAX_READ_ERROR_WAIT: Duration = Duration::from_secs(2);
 /// How often settled offsets are committed when no settlement did it.
 const COMMIT_EVERY: Duration = Duration::from_secs(1);
 
@@ -688,7 +690,10 @@ impl Source for KafkaSource {
             let record = match received {
                 Ok(record) => (self.message(&record), record.topic().to_string(), record.partition(), record.offset()),
                 Err(e) => {
-                    let delay = errors.next_delay();
+                    // librdkafka reconnects by itself, with its own backoff;
+                    // this wait only keeps the log from flooding, and stays
+                    // short so reading resumes soon after the broker is back.
+                    let delay = errors.next_delay().min(MAX_READ_ERROR_WAIT);
                     tracing::error!(%source, %address, error = %e, retry_in_ms = delay.as_millis() as u64, "Kafka: cannot read; retrying");
                     tokio::select! {
                         _ = shutdown.cancelled() => return Ok(()),
