@@ -219,7 +219,6 @@ async fn down_at_start() {
 /// record with its key and headers, and returns once the broker has it.
 #[tokio::test]
 async fn publisher_produces_to_the_topic() {
-    use switchyard::capabilities::publish::Publisher;
     use switchyard::runtime::bindings::publish::Outgoing;
 
     let kafka = Kafka::new("publish").await;
