@@ -7,7 +7,7 @@ TARGET_DIR ?= $(or $(CARGO_TARGET_DIR),$(CURDIR)/target)
 PLUGINS_TARGET ?= $(TARGET_DIR)/plugins
 PLUGINS := cache-update order-insert search-index faults noop wrong-world hostile version-a version-b record
 
-.PHONY: plugins run test bench
+.PHONY: plugins run test bench bench-brokers
 
 plugins:
 	cargo build --manifest-path plugins/Cargo.toml --target wasm32-wasip2 --release --target-dir $(PLUGINS_TARGET)
@@ -23,3 +23,6 @@ test: plugins
 
 bench: plugins
 	cargo run --release -- bench
+
+bench-brokers: plugins
+	cargo run --release -- bench brokers

@@ -25,6 +25,7 @@
 
 pub mod admin;
 pub mod bench;
+pub mod bench_brokers;
 pub mod bench_effects;
 pub mod capabilities;
 pub mod config;

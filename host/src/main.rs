@@ -133,6 +133,33 @@ enum BenchWhat {
         #[arg(long, default_value_t = 64)]
         concurrency: usize,
     },
+    /// N product changes from a broker into Redis SETs, through the host with
+    /// the cache-update handler and through a hand-written Rust consumer,
+    /// side by side: NATS JetStream and RabbitMQ. A broker whose URL is empty is skipped.
+    Brokers {
+        /// Messages per side (each side gets its own fresh stream or queue).
+        #[arg(long, default_value_t = 100_000)]
+        messages: usize,
+        /// NATS with JetStream.
+        #[arg(long, default_value = "nats://127.0.0.1:4222")]
+        nats_url: String,
+        /// RabbitMQ.
+        #[arg(long, default_value = "amqp://guest:guest@127.0.0.1:5672/%2f")]
+        amqp_url: String,
+        /// Redis, where both sides write.
+        #[arg(long, default_value = "redis://127.0.0.1:6379")]
+        redis_url: String,
+        /// The cache-update handler.
+        #[arg(long, default_value = "plugins/dist/cache_update.wasm")]
+        plugin: PathBuf,
+        /// Approximate payload size in bytes.
+        #[arg(long, default_value_t = 1024)]
+        payload_bytes: usize,
+        /// Messages handled at once on each side (the route's concurrency);
+        /// the pull batch and prefetch are twice this on both sides.
+        #[arg(long, default_value_t = 64)]
+        concurrency: usize,
+    },
     /// Cost per message on a fresh instance, against a native function (the default).
     Dispatch {
         /// The trivial handler to measure.
@@ -430,6 +457,39 @@ async fn bench(what: BenchWhat) -> anyhow::Result<std::process::ExitCode> {
                 for ((label, rate), ratio) in comparison.rates.iter().zip(comparison.ratios()) {
                     println!("  {label:<55} {rate:>10.0} /s   {ratio:>6.1}x");
                 }
+            }
+        }
+        BenchWhat::Brokers { messages, nats_url, amqp_url, redis_url, plugin, payload_bytes, concurrency } => {
+            let some = |url: String| (!url.is_empty()).then_some(url);
+            let options = switchyard::bench_brokers::BrokersOptions {
+                nats_url: some(nats_url),
+                amqp_url: some(amqp_url),
+                redis_url,
+                plugin,
+                messages,
+                payload_bytes,
+                concurrency,
+            };
+            let reports = switchyard::bench_brokers::brokers(&options).await?;
+            println!(
+                "brokers benchmark: {messages} messages of about {payload_bytes} bytes per side, broker -> Redis SET -> ack, {concurrency} in flight"
+            );
+            println!("  {:<16} {:>16} {:>16} {:>18}", "broker", "switchyard", "native Rust", "switchyard/native");
+            for r in &reports {
+                println!(
+                    "  {:<16} {:>10.0} msg/s {:>10.0} msg/s {:>18.2}",
+                    r.broker, r.switchyard.rate, r.native.rate, r.ratio()
+                );
+            }
+            for r in &reports {
+                println!(
+                    "  {}: switchyard {:.2} s, native {:.2} s; {} and {} keys checked in Redis",
+                    r.broker,
+                    r.switchyard.elapsed.as_secs_f64(),
+                    r.native.elapsed.as_secs_f64(),
+                    r.switchyard.keys_found,
+                    r.native.keys_found
+                );
             }
         }
         BenchWhat::Density { plugin, tenants, distinct } => {
