@@ -235,18 +235,23 @@ impl Runtime {
         // never paused; a runaway one gets a small share of a core, so it
         // cannot starve other tenants' messages before its deadline ends it.
         let deadline = started + Duration::from_millis(limits.timeout_ms);
+        // When the handler last reached a tick while computing. Time spent
+        // waiting on a capability call does not count: only a handler seen
+        // computing at two ticks in a row is long-running.
+        let mut last_tick: Option<Instant> = None;
         store.set_epoch_deadline(1);
         store.epoch_deadline_callback(move |_| {
             let now = Instant::now();
             if now >= deadline {
                 return Ok(UpdateDeadline::Interrupt);
             }
-            // The first tick can come at any moment after the start; only a
-            // handler that has run for a whole tick is long-running.
-            if now - started < EPOCH_TICK {
+            let computing = last_tick.is_some_and(|t| now.saturating_duration_since(t) < EPOCH_TICK * 2);
+            if !computing {
+                last_tick = Some(now);
                 return Ok(UpdateDeadline::Continue(1));
             }
             let pause = (EPOCH_TICK * LONG_RUNNING_PAUSE).min(deadline - now);
+            last_tick = Some(now + pause);
             Ok(UpdateDeadline::YieldCustom(1, Box::pin(tokio::time::sleep(pause))))
         });
         let fuel = limits.fuel.unwrap_or(u64::MAX);
