@@ -451,6 +451,15 @@ pub struct RouteConfig {
     /// Example: `limits = { memory_mib = 16, timeout_ms = 200 }`.
     #[serde(default)]
     pub limits: Option<Limits>,
+    /// Run each invocation's db writes in one SQL transaction that also
+    /// records the message in the `switchyard_inbox` table and what the
+    /// handler published in `switchyard_outbox`; a relay publishes the outbox
+    /// after commit. A redelivered message that already committed is acked
+    /// without running again, so its effects apply exactly once. Needs the
+    /// `postgres` or `mysql` db backend. Example: `transactional = true`
+    /// (default false).
+    #[serde(default)]
+    pub transactional: bool,
 }
 
 mod defaults {
@@ -596,6 +605,12 @@ impl Config {
             }
             if let Some(limits) = &route.limits {
                 check_limits(field("limits"), limits)?;
+            }
+            if route.transactional && matches!(self.backends.db, DbBackendConfig::Sqlite { .. }) {
+                return Err(invalid(
+                    field("transactional"),
+                    "a transactional route needs the postgres or mysql db backend".into(),
+                ));
             }
         }
         Ok(())

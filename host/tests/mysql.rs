@@ -83,3 +83,16 @@ async fn decimals_unsigned_and_timestamps_read_back_typed() {
     );
     sqlx::raw_sql(&format!("DROP TABLE {table}")).execute(&direct).await.unwrap();
 }
+
+#[tokio::test]
+async fn a_saga_survives_a_crash_at_each_step_with_effects_exactly_once() {
+    let direct = My(MySqlPool::connect(&url()).await.unwrap());
+    let db = common::saga::SagaDb {
+        backend_toml: format!("type = \"mysql\"\nurl = \"{}\"", url()),
+        direct: &direct,
+        text_type: "VARCHAR(64)",
+        redis_db: 12,
+        placeholders: switchyard::capabilities::backends::sql::Placeholders::Question,
+    };
+    common::saga::crash_at_each_step(&db).await;
+}

@@ -188,3 +188,16 @@ async fn quickstart_handlers_run_against_postgres_and_redis() {
 
     sqlx::raw_sql(&format!("DROP DATABASE {database} WITH (FORCE)")).execute(&mut admin).await.unwrap();
 }
+
+#[tokio::test]
+async fn a_saga_survives_a_crash_at_each_step_with_effects_exactly_once() {
+    let direct = Pg(PgPool::connect(&url()).await.unwrap());
+    let db = common::saga::SagaDb {
+        backend_toml: format!("type = \"postgres\"\nurl = \"{}\"", url()),
+        direct: &direct,
+        text_type: "TEXT",
+        redis_db: 9,
+        placeholders: switchyard::capabilities::backends::sql::Placeholders::Numbered,
+    };
+    common::saga::crash_at_each_step(&db).await;
+}

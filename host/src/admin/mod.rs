@@ -21,8 +21,9 @@ use std::sync::atomic::{AtomicBool, Ordering};
 
 use axum::Router;
 use axum::body::Bytes;
-use axum::extract::{DefaultBodyLimit, Path, State};
+use axum::extract::{DefaultBodyLimit, Path, Request, State};
 use axum::http::{HeaderMap, StatusCode};
+use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post, put};
 use serde_json::json;
@@ -58,13 +59,16 @@ impl Admin {
         given.len() == expected.len() && given.bytes().zip(expected.bytes()).fold(0u8, |acc, (a, b)| acc | (a ^ b)) == 0
     }
 
-    /// The HTTP routes.
+    /// The HTTP routes: `/v1` behind the bearer token, probes and metrics open.
     pub fn router(self) -> Router {
-        Router::new()
+        let v1 = Router::new()
             .route("/v1/handlers", get(list))
             .route("/v1/handlers/{tenant}/{handler}", put(deploy))
             .route("/v1/handlers/{tenant}/{handler}/versions", get(versions))
             .route("/v1/handlers/{tenant}/{handler}/rollback", post(rollback))
+            .route_layer(middleware::from_fn_with_state(self.clone(), require_token));
+        Router::new()
+            .merge(v1)
             .route("/metrics", get(metrics_text))
             .route("/healthz", get(|| async { "ok" }))
             .route("/readyz", get(readyz))
@@ -80,9 +84,17 @@ impl Admin {
     }
 }
 
-fn unauthorized() -> Response {
-    (StatusCode::UNAUTHORIZED, [("www-authenticate", "Bearer")], axum::Json(json!({ "error": "a valid bearer token is required" })))
-        .into_response()
+/// Refuse a `/v1` request without the configured bearer token.
+async fn require_token(State(admin): State<Admin>, request: Request, next: Next) -> Response {
+    if !admin.authorized(request.headers()) {
+        return (
+            StatusCode::UNAUTHORIZED,
+            [("www-authenticate", "Bearer")],
+            axum::Json(json!({ "error": "a valid bearer token is required" })),
+        )
+            .into_response();
+    }
+    next.run(request).await
 }
 
 fn refused(e: DeployError) -> Response {
@@ -96,12 +108,8 @@ fn refused(e: DeployError) -> Response {
 async fn deploy(
     State(admin): State<Admin>,
     Path((tenant, handler)): Path<(String, String)>,
-    headers: HeaderMap,
     body: Bytes,
 ) -> Response {
-    if !admin.authorized(&headers) {
-        return unauthorized();
-    }
     let registry = admin.registry.clone();
     // Compiling can take seconds for a large component: off the async threads.
     let result = tokio::task::spawn_blocking(move || registry.deploy(&tenant, &handler, &body, "admin API")).await;
@@ -115,10 +123,7 @@ async fn deploy(
     }
 }
 
-async fn versions(State(admin): State<Admin>, Path((tenant, handler)): Path<(String, String)>, headers: HeaderMap) -> Response {
-    if !admin.authorized(&headers) {
-        return unauthorized();
-    }
+async fn versions(State(admin): State<Admin>, Path((tenant, handler)): Path<(String, String)>) -> Response {
     match admin.registry.versions(&tenant, &handler) {
         Ok(v) => axum::Json(v).into_response(),
         Err(e) => refused(e),
@@ -128,12 +133,8 @@ async fn versions(State(admin): State<Admin>, Path((tenant, handler)): Path<(Str
 async fn rollback(
     State(admin): State<Admin>,
     Path((tenant, handler)): Path<(String, String)>,
-    headers: HeaderMap,
     body: Bytes,
 ) -> Response {
-    if !admin.authorized(&headers) {
-        return unauthorized();
-    }
     let version = if body.is_empty() {
         None
     } else {
@@ -151,10 +152,7 @@ async fn rollback(
     }
 }
 
-async fn list(State(admin): State<Admin>, headers: HeaderMap) -> Response {
-    if !admin.authorized(&headers) {
-        return unauthorized();
-    }
+async fn list(State(admin): State<Admin>) -> Response {
     let handlers: Vec<_> = admin
         .registry
         .slots()

@@ -2,8 +2,10 @@
 //! admission, per-key ordering, invocation, the outbox, retries with backoff,
 //! and dead-lettering.
 
+pub mod faults;
 pub mod ordering;
 pub mod quota;
+pub mod relay;
 pub mod router;
 pub mod stats;
 
@@ -17,8 +19,11 @@ use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 use tracing::Instrument;
 
+use crate::capabilities::db::{Begun, DbTransaction, InboxKey, InboxOutcome};
 use crate::capabilities::publish::{PublishRouter, Publisher};
-use crate::capabilities::{Backends, Capabilities, backends};
+use crate::capabilities::{BackendError, Backends, Capabilities, backends};
+use crate::runtime::bindings::publish::Outgoing;
+use faults::CrashPoint;
 use crate::config::{Config, ConfigError, RouteConfig, SourceConfig};
 use crate::runtime::bindings::Message;
 use crate::admin::Admin;
@@ -30,6 +35,7 @@ use crate::sources::dead_letter::DeadLetterFile;
 use crate::sources::local::{LOCAL, LocalSource};
 use crate::sources::{Delivery, Settle, Settlement, Source, file::FileSource, http::HttpSource, local};
 use ordering::{KeyOrder, Turn};
+use relay::Relay;
 use router::TopicPattern;
 use stats::{Progress, Snapshot, Stats};
 
@@ -78,6 +84,8 @@ pub struct Route {
 struct Shared {
     runtime: Arc<Runtime>,
     publisher: Arc<dyn Publisher>,
+    /// The outbox relay, when a route is transactional.
+    relay: Option<Arc<Relay>>,
     stats: Arc<Stats>,
     idle: tokio::sync::Notify,
     shutdown: CancellationToken,
@@ -198,9 +206,11 @@ impl Host {
             sources.push((name.clone(), source));
         }
 
+        let relay = config.routes.iter().any(|r| r.transactional).then(|| Arc::new(Relay::new(backends.db.clone())));
         let shared = Arc::new(Shared {
             runtime,
             publisher: Arc::new(publisher),
+            relay,
             stats,
             idle: tokio::sync::Notify::new(),
             shutdown: CancellationToken::new(),
@@ -256,6 +266,18 @@ impl Host {
             shutdown_watch.cancel();
         });
 
+        let relay_stop = CancellationToken::new();
+        let relay_task = match &shared.relay {
+            Some(relay) => {
+                if !relay.prepare(&shutdown).await {
+                    admin_stop.cancel();
+                    return shared.stats.snapshot();
+                }
+                Some(tokio::spawn(relay.clone().run(shared.publisher.clone(), relay_stop.clone())))
+            }
+            None => None,
+        };
+
         let mut consumers = JoinSet::new();
         let mut producers = JoinSet::new();
         for (name, source) in sources {
@@ -299,14 +321,27 @@ impl Host {
         intake.cancel();
         while producers.join_next().await.is_some() {}
         while consumers.join_next().await.is_some() {}
-        // Drain: everything received is settled, and nothing handlers
-        // published is still waiting in the loopback.
+        // Drain: everything received is settled, the outbox is relayed, and
+        // nothing handlers published is still waiting in the loopback.
+        relay_stop.cancel();
+        if let Some(task) = relay_task {
+            let _ = task.await;
+        }
         loop {
-            let idle = shared.idle.notified();
-            if shared.stats.pending.load(Ordering::SeqCst) == 0 {
+            loop {
+                let idle = shared.idle.notified();
+                if shared.stats.pending.load(Ordering::SeqCst) == 0 {
+                    break;
+                }
+                let _ = tokio::time::timeout(Duration::from_millis(100), idle).await;
+            }
+            let relayed = match &shared.relay {
+                Some(relay) => relay.flush(&*shared.publisher).await,
+                None => 0,
+            };
+            if relayed == 0 && shared.stats.pending.load(Ordering::SeqCst) == 0 {
                 break;
             }
-            let _ = tokio::time::timeout(Duration::from_millis(100), idle).await;
         }
         local_stop.cancel();
         let _ = local_task.await;
@@ -395,8 +430,14 @@ async fn process(
         message_id = %message.id,
         attempt = tracing::field::Empty,
     );
+    // On a transactional route, the message's inbox row.
+    let inbox = policy.transactional.then(|| InboxKey {
+        route: format!("{}/{}", route.invoke.tenant, route.invoke.handler),
+        message: format!("{}:{}", message.source, message.id),
+    });
+    let inbox = inbox.as_ref();
     async {
-        loop {
+        'delivery: loop {
             tracing::Span::current().record("attempt", message.attempt);
             if message.payload.len() > policy.max_message_bytes {
                 let reason = format!(
@@ -404,54 +445,97 @@ async fn process(
                     message.payload.len(),
                     policy.max_message_bytes
                 );
-                dead_letter(&shared, route, settle, &message, reason, Vec::new()).await;
+                dead_letter(&shared, route, settle, &message, reason, Vec::new(), None).await;
                 break;
             }
             let metrics = &route.slot.metrics;
-            let invocation = {
-                let Ok(_running) = route.running.acquire().await else { break };
-                let _tenant_slot = route.quota.admit().await;
-                // The live version now; a deploy during the call does not change it.
-                let version = route.slot.live();
-                metrics.in_flight.fetch_add(1, Ordering::Relaxed);
-                let invocation = shared.runtime.invoke(&version.plugin, &message, &route.invoke).await;
-                metrics.in_flight.fetch_sub(1, Ordering::Relaxed);
-                metrics.observe(invocation.elapsed);
-                if let Some(fuel) = invocation.fuel_used {
-                    metrics.fuel.fetch_add(fuel, Ordering::Relaxed);
+            let (reason, requested, compensations) = 'attempt: {
+                let Ok(running) = route.running.acquire().await else { break 'delivery };
+                let tenant_slot = route.quota.admit().await;
+                // A transaction begins only once the message may run, so
+                // waiting messages hold no database connection.
+                let transaction = match inbox {
+                    None => None,
+                    Some(key) => match route.invoke.caps.backends.db.begin(key).await {
+                        Ok(Begun::Transaction(tx)) => Some(tx),
+                        Ok(Begun::Settled(InboxOutcome::Handled)) => {
+                            tracing::info!("an earlier delivery of this message committed; acking without running it again");
+                            settle_or_log(settle, &message, Settlement::Ack).await;
+                            shared.stats.handled.fetch_add(1, Ordering::Relaxed);
+                            metrics.handled.fetch_add(1, Ordering::Relaxed);
+                            break 'delivery;
+                        }
+                        Ok(Begun::Settled(InboxOutcome::Failed)) => {
+                            let reason = "failed for good in an earlier delivery, whose compensations were recorded then".to_string();
+                            dead_letter(&shared, route, settle, &message, reason, Vec::new(), None).await;
+                            break 'delivery;
+                        }
+                        Err(e) => break 'attempt (format!("cannot begin its transaction: {e}"), None, Vec::new()),
+                    },
+                };
+                let invocation = {
+                    // The live version now; a deploy during the call does not change it.
+                    let version = route.slot.live();
+                    metrics.in_flight.fetch_add(1, Ordering::Relaxed);
+                    let invocation = shared.runtime.invoke_in(&version.plugin, &message, &route.invoke, transaction).await;
+                    metrics.in_flight.fetch_sub(1, Ordering::Relaxed);
+                    metrics.observe(invocation.elapsed);
+                    if let Some(fuel) = invocation.fuel_used {
+                        metrics.fuel.fetch_add(fuel, Ordering::Relaxed);
+                    }
+                    version.served();
+                    invocation
+                };
+                if inbox.is_none() {
+                    // Publishing needs no slot; a transaction keeps its slot
+                    // until it commits.
+                    drop((running, tenant_slot));
                 }
-                version.served();
-                invocation
-            };
-            let (reason, requested) = match invocation.outcome {
-                Outcome::Ok => {
-                    if !invocation.outbox.is_empty()
-                        && let Err(e) = shared.publisher.publish(invocation.outbox).await
-                    {
-                        (format!("handled, but publishing its messages failed: {e}"), None)
-                    } else {
+                let compensations = invocation.compensations;
+                match invocation.outcome {
+                    Outcome::Ok => {
+                        let durable = match (invocation.transaction, inbox) {
+                            // Publishes go into the outbox, in the transaction.
+                            (Some(tx), Some(key)) => commit(&shared, tx, key, InboxOutcome::Handled, &invocation.outbox)
+                                .await
+                                .map(|first| {
+                                    if !first {
+                                        tracing::info!("another delivery of this message committed first; acking");
+                                    }
+                                })
+                                .map_err(|e| format!("handled, but its transaction did not commit: {e}")),
+                            _ if invocation.outbox.is_empty() => Ok(()),
+                            _ => shared
+                                .publisher
+                                .publish(invocation.outbox)
+                                .await
+                                .map_err(|e| format!("handled, but publishing its messages failed: {e}")),
+                        };
+                        if let Err(reason) = durable {
+                            break 'attempt (reason, None, compensations);
+                        }
                         tracing::debug!("handled");
                         settle_or_log(settle, &message, Settlement::Ack).await;
                         shared.stats.handled.fetch_add(1, Ordering::Relaxed);
                         metrics.handled.fetch_add(1, Ordering::Relaxed);
-                        break;
+                        break 'delivery;
                     }
-                }
-                Outcome::Retry { delay, reason } => (reason, Some(delay)),
-                Outcome::Reject(reason) => {
-                    tracing::info!(%reason, "handler rejected the message");
-                    dead_letter(&shared, route, settle, &message, format!("rejected: {reason}"), invocation.compensations)
-                        .await;
-                    break;
-                }
-                Outcome::Failed(failure) => {
-                    tracing::warn!(error = %failure, "handler failed");
-                    (failure.to_string(), None)
+                    Outcome::Retry { delay, reason } => (reason, Some(delay), compensations),
+                    Outcome::Reject(reason) => {
+                        tracing::info!(%reason, "handler rejected the message");
+                        let reason = format!("rejected: {reason}");
+                        dead_letter(&shared, route, settle, &message, reason, compensations, inbox).await;
+                        break 'delivery;
+                    }
+                    Outcome::Failed(failure) => {
+                        tracing::warn!(error = %failure, "handler failed");
+                        (failure.to_string(), None, compensations)
+                    }
                 }
             };
             if message.attempt >= policy.max_attempts {
                 let reason = format!("gave up after {} attempts: {reason}", message.attempt);
-                dead_letter(&shared, route, settle, &message, reason, invocation.compensations).await;
+                dead_letter(&shared, route, settle, &message, reason, compensations, inbox).await;
                 break;
             }
             let delay = backoff(policy, message.attempt).max(requested.unwrap_or_default()).min(Duration::from_millis(policy.retry_max_ms));
@@ -484,7 +568,8 @@ async fn dead_letter(
     settle: Box<dyn Settle>,
     message: &Message,
     reason: String,
-    compensations: Vec<crate::runtime::bindings::publish::Outgoing>,
+    compensations: Vec<Outgoing>,
+    inbox: Option<&InboxKey>,
 ) {
     let reason = truncate(reason, MAX_REASON);
     tracing::warn!(%reason, "dead-lettering");
@@ -499,8 +584,24 @@ async fn dead_letter(
         ("switchyard-handler".to_string(), route.invoke.handler.to_string()),
         ("switchyard-failed-at-ms".to_string(), failed_at),
     ];
+    let count = compensations.len();
+    // On a transactional route, the failure and its compensations are
+    // committed to the inbox and outbox, so a redelivery after a crash does
+    // not send them again.
+    let compensations = match inbox {
+        Some(key) => match record_failure(shared, key, &compensations).await {
+            Ok(()) => {
+                headers.push(("switchyard-compensations".into(), count.to_string()));
+                Vec::new()
+            }
+            Err(e) => {
+                tracing::error!(error = %e, "cannot record the failure in the inbox; publishing its compensations directly");
+                compensations
+            }
+        },
+        None => compensations,
+    };
     if !compensations.is_empty() {
-        let count = compensations.len();
         match shared.publisher.publish(compensations).await {
             Ok(()) => headers.push(("switchyard-compensations".into(), count.to_string())),
             Err(e) => {
@@ -512,6 +613,34 @@ async fn dead_letter(
     settle_or_log(settle, message, Settlement::DeadLetter { reason, headers }).await;
     shared.stats.dead_lettered.fetch_add(1, Ordering::Relaxed);
     route.slot.metrics.dead_lettered.fetch_add(1, Ordering::Relaxed);
+}
+
+/// Commit a transactional invocation with its inbox row and outbox, between
+/// the crash points tests inject failures at, and wake the relay.
+async fn commit(
+    shared: &Shared,
+    tx: Box<dyn DbTransaction>,
+    inbox: &InboxKey,
+    outcome: InboxOutcome,
+    outbox: &[Outgoing],
+) -> Result<bool, BackendError> {
+    faults::crash_point(CrashPoint::BeforeCommit);
+    let first = tx.commit(inbox, outcome, outbox).await?;
+    faults::crash_point(CrashPoint::AfterCommit);
+    if let Some(relay) = &shared.relay {
+        relay.wake();
+    }
+    Ok(first)
+}
+
+/// Record that a message failed for good, with its compensations in the
+/// outbox, unless an earlier delivery already did.
+async fn record_failure(shared: &Shared, inbox: &InboxKey, compensations: &[Outgoing]) -> Result<(), BackendError> {
+    let Some(relay) = &shared.relay else { return Ok(()) };
+    match relay.db().begin(inbox).await? {
+        Begun::Transaction(tx) => commit(shared, tx, inbox, InboxOutcome::Failed, compensations).await.map(drop),
+        Begun::Settled(_) => Ok(()),
+    }
 }
 
 /// The longest reason kept in a dead-letter header; a handler cannot make

@@ -15,6 +15,7 @@ use std::time::{Duration, Instant};
 use wasmtime::component::Linker;
 use wasmtime::{Config, Engine, InstanceAllocationStrategy, PoolingAllocationConfig, Store, Trap, UpdateDeadline};
 
+use crate::capabilities::db::DbTransaction;
 use crate::capabilities::{Capabilities, Effect};
 use crate::config::Limits;
 use bindings::publish::Outgoing;
@@ -115,7 +116,6 @@ impl Outcome {
 }
 
 /// The result of one invocation: its outcome, and what it left to publish.
-#[derive(Debug)]
 pub struct Invocation {
     /// How it ended.
     pub outcome: Outcome,
@@ -129,6 +129,23 @@ pub struct Invocation {
     pub elapsed: Duration,
     /// Fuel consumed, when the engine meters fuel.
     pub fuel_used: Option<u64>,
+    /// The invocation's open SQL transaction on a transactional route, for
+    /// the dispatcher to commit, or to drop (rolling it back).
+    pub transaction: Option<Box<dyn DbTransaction>>,
+}
+
+impl std::fmt::Debug for Invocation {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Invocation")
+            .field("outcome", &self.outcome)
+            .field("outbox", &self.outbox)
+            .field("compensations", &self.compensations)
+            .field("effects", &self.effects)
+            .field("elapsed", &self.elapsed)
+            .field("fuel_used", &self.fuel_used)
+            .field("transaction", &self.transaction.is_some())
+            .finish()
+    }
 }
 
 /// What an invocation runs as: the tenant's capabilities and the handler's limits.
@@ -218,6 +235,18 @@ impl Runtime {
     /// Run `plugin` on `message` in a fresh instance, within `ctx.limits`.
     /// Never fails: every way the handler can end is an [`Outcome`].
     pub async fn invoke(&self, plugin: &Plugin, message: &Message, ctx: &InvokeContext) -> Invocation {
+        self.invoke_in(plugin, message, ctx, None).await
+    }
+
+    /// Like [`Runtime::invoke`], with the handler's db calls running inside
+    /// `transaction`, which comes back in [`Invocation::transaction`].
+    pub async fn invoke_in(
+        &self,
+        plugin: &Plugin,
+        message: &Message,
+        ctx: &InvokeContext,
+        transaction: Option<Box<dyn DbTransaction>>,
+    ) -> Invocation {
         let started = Instant::now();
         let limits = ctx.limits;
         let memory_limit = usize::try_from(limits.memory_mib << 20).unwrap_or(usize::MAX);
@@ -227,6 +256,7 @@ impl Runtime {
         if ctx.record_effects {
             state.effects = Some(Vec::new());
         }
+        state.transaction = transaction;
         let mut store = Store::new(&self.engine, state);
         store.limiter(|s| s);
         // Every tick, a handler still running in WebAssembly either hits its
@@ -284,6 +314,7 @@ impl Runtime {
             effects: state.effects.unwrap_or_default(),
             elapsed: started.elapsed(),
             fuel_used,
+            transaction: state.transaction,
         }
     }
 }

@@ -175,31 +175,62 @@ impl Registry {
             by_digest: Mutex::new(HashMap::new()),
             deploy_lock: Mutex::new(()),
         };
+        let mut files = Vec::new();
         for (tenant, t) in &config.tenants {
             for (handler, h) in &t.handlers {
                 let load_error = |error| DeployError::Load { tenant: tenant.clone(), handler: handler.clone(), error };
                 let bytes = std::fs::read(&h.wasm)
                     .map_err(|source| load_error(LoadError::Read { path: h.wasm.clone(), source }))?;
-                let plugin = registry.validate(tenant, handler, &h.wasm, &bytes)?;
-                let version = Arc::new(Version {
-                    number: 1,
-                    plugin,
-                    origin: format!("config: {}", h.wasm.display()),
-                    deployed_at_ms: now_ms(),
-                    live_since: Mutex::new(Instant::now()),
-                    first_served: OnceLock::new(),
-                });
-                let slot = HandlerSlot {
-                    tenant: tenant.as_str().into(),
-                    handler: handler.as_str().into(),
-                    live: ArcSwap::new(version.clone()),
-                    versions: Mutex::new(vec![version]),
-                    metrics: HandlerMetrics::default(),
-                };
-                registry.slots.insert((tenant.clone(), handler.clone()), Arc::new(slot));
+                files.push((tenant, handler, h, bytes));
             }
         }
+        registry.precompile(files.iter().map(|(_, _, h, bytes)| (h.wasm.as_path(), bytes.as_slice())));
+        for (tenant, handler, h, bytes) in files {
+            let plugin = registry.validate(tenant, handler, &h.wasm, &bytes)?;
+            let version = Arc::new(Version {
+                number: 1,
+                plugin,
+                origin: format!("config: {}", h.wasm.display()),
+                deployed_at_ms: now_ms(),
+                live_since: Mutex::new(Instant::now()),
+                first_served: OnceLock::new(),
+            });
+            let slot = HandlerSlot {
+                tenant: tenant.as_str().into(),
+                handler: handler.as_str().into(),
+                live: ArcSwap::new(version.clone()),
+                versions: Mutex::new(vec![version]),
+                metrics: HandlerMetrics::default(),
+            };
+            registry.slots.insert((tenant.clone(), handler.clone()), Arc::new(slot));
+        }
         Ok(registry)
+    }
+
+    /// Compile each distinct component among `files` once, on every core at
+    /// once: loading many handlers at start is bound by compiling them, and
+    /// one component's compile does not keep every core busy. Failures are
+    /// left for [`Registry::validate`] to report, naming the handler.
+    fn precompile<'a>(&self, files: impl Iterator<Item = (&'a Path, &'a [u8])>) {
+        let mut distinct: HashMap<String, (&Path, &[u8])> = HashMap::new();
+        for (path, bytes) in files {
+            distinct.entry(super::plugin::digest(bytes)).or_insert((path, bytes));
+        }
+        let work: Mutex<Vec<(String, (&Path, &[u8]))>> = Mutex::new(distinct.into_iter().collect());
+        let threads = std::thread::available_parallelism().map_or(1, |n| n.get());
+        std::thread::scope(|scope| {
+            for _ in 0..threads {
+                scope.spawn(|| {
+                    while let Some((digest, (path, bytes))) = work.lock().ok().and_then(|mut w| w.pop()) {
+                        if let Ok(plugin) = self.runtime.load_bytes(path, bytes)
+                            && let Ok(mut m) = self.by_digest.lock()
+                        {
+                            m.insert(digest, Arc::new(plugin));
+                        }
+                    }
+                });
+            }
+        });
     }
 
     /// The runtime the handlers run on.

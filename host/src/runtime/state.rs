@@ -8,6 +8,7 @@ use wasmtime::ResourceLimiter;
 use wasmtime::component::ResourceTable;
 use wasmtime_wasi::{WasiCtx, WasiCtxView, WasiView};
 
+use crate::capabilities::db::DbTransaction;
 use crate::capabilities::{Capabilities, Effect};
 use crate::runtime::bindings::publish::Outgoing;
 
@@ -28,6 +29,9 @@ pub struct HostState {
     pub(crate) outbox: Vec<Outgoing>,
     /// Messages to publish if the message finally fails.
     pub(crate) compensations: Vec<Outgoing>,
+    /// The invocation's SQL transaction, on a transactional route: db calls
+    /// run inside it, and the dispatcher commits it after the handler returns.
+    pub(crate) transaction: Option<Box<dyn DbTransaction>>,
     /// Every capability call, when the caller asked for a record (`invoke`).
     pub(crate) effects: Option<Vec<Effect>>,
     /// Identifies the invocation in the handler's log lines.
@@ -62,6 +66,7 @@ impl HostState {
             reply_to,
             outbox: Vec::new(),
             compensations: Vec::new(),
+            transaction: None,
             effects: None,
             log_context,
         }

@@ -2,6 +2,7 @@
 #![allow(dead_code)]
 
 pub mod conformance;
+pub mod saga;
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;

@@ -20,7 +20,9 @@ use super::BackendError;
 use super::batch::Batcher;
 use super::postgres::{micros, timestamp};
 use super::sql::{self, Placeholders, Planner, ServerOptions, SqlConnection, Statement1};
-use crate::capabilities::db::{DbBackend, SqlDialect};
+use crate::capabilities::db::{Begun, DbBackend, DbTransaction, InboxKey, InboxOutcome, SqlDialect};
+use crate::capabilities::publish::Publisher;
+use crate::runtime::bindings::publish::Outgoing;
 use crate::runtime::bindings::db::{RowSet, Value};
 
 /// The `mysql` db backend (MySQL and MariaDB).
@@ -192,5 +194,76 @@ impl DbBackend for MySqlDb {
         let classify = |e| sql::classify("mysql", e);
         let fetched = bind(sqlx::query(sql), &params).map_err(classify)?.fetch_all(&self.pool).await.map_err(classify)?;
         rows(fetched).map_err(classify)
+    }
+
+    async fn prepare_transactions(&self) -> Result<(), BackendError> {
+        for ddl in sql::transaction_tables(Placeholders::Question) {
+            sqlx::raw_sql(ddl).execute(&self.pool).await.map_err(|e| sql::classify("mysql", e))?;
+        }
+        Ok(())
+    }
+
+    async fn begin(&self, inbox: &InboxKey) -> Result<Begun, BackendError> {
+        let classify = |e| sql::classify("mysql", e);
+        let settled: Option<String> = sqlx::query_scalar(&sql::inbox_lookup(Placeholders::Question))
+            .bind(&inbox.route)
+            .bind(&inbox.message)
+            .fetch_optional(&self.pool)
+            .await
+            .map_err(classify)?;
+        if let Some(outcome) = settled {
+            return Ok(Begun::Settled(InboxOutcome::parse(&outcome)));
+        }
+        let tx = self.pool.begin().await.map_err(classify)?;
+        Ok(Begun::Transaction(Box::new(MySqlTransaction(tx))))
+    }
+
+    async fn relay(&self, publisher: &dyn Publisher, limit: usize) -> Result<usize, BackendError> {
+        let classify = |e| sql::classify("mysql", e);
+        // Under InnoDB's default REPEATABLE READ the claim would also lock the
+        // gap after the last row, holding up every commit that adds to the
+        // outbox while the relay publishes; READ COMMITTED locks only the rows.
+        let mut tx = self
+            .pool
+            .begin_with("SET TRANSACTION ISOLATION LEVEL READ COMMITTED; START TRANSACTION")
+            .await
+            .map_err(classify)?;
+        let claim = sql::CLAIM_OUTBOX.replace("{limit}", &limit.to_string());
+        let rows: Vec<sql::OutboxRow> = sqlx::query_as(&claim).fetch_all(&mut *tx).await.map_err(classify)?;
+        if rows.is_empty() {
+            return Ok(0);
+        }
+        let ids: Vec<Value> = rows.iter().map(|row| Value::Int(row.0)).collect();
+        let count = rows.len();
+        publisher.publish(sql::outbox_messages(rows)).await?;
+        SqlConnection::run(&mut *tx, &sql::delete_sent(Placeholders::Question, count), &ids).await.map_err(classify)?;
+        tx.commit().await.map_err(classify)?;
+        Ok(count)
+    }
+}
+
+/// The open transaction of one invocation.
+struct MySqlTransaction(sqlx::Transaction<'static, MySql>);
+
+#[async_trait]
+impl DbTransaction for MySqlTransaction {
+    async fn execute(&mut self, sql: &str, params: Vec<Value>) -> Result<u64, BackendError> {
+        let sql = sql.to_string();
+        SqlConnection::run(&mut *self.0, &sql, &params).await.map_err(|e| sql::classify("mysql", e))
+    }
+
+    async fn query(&mut self, sql: &str, params: Vec<Value>) -> Result<RowSet, BackendError> {
+        let sql = sql.to_string();
+        let classify = |e| sql::classify("mysql", e);
+        let fetched = bind(sqlx::query(&sql), &params).map_err(classify)?.fetch_all(&mut *self.0).await.map_err(classify)?;
+        rows(fetched).map_err(classify)
+    }
+
+    async fn commit(mut self: Box<Self>, inbox: &InboxKey, outcome: InboxOutcome, outbox: &[Outgoing]) -> Result<bool, BackendError> {
+        if !sql::record_settlement("mysql", &mut *self.0, Placeholders::Question, inbox, outcome, outbox).await? {
+            return Ok(false);
+        }
+        self.0.commit().await.map_err(|e| sql::classify("mysql", e))?;
+        Ok(true)
     }
 }

@@ -17,7 +17,9 @@ use sqlparser::dialect::{Dialect, GenericDialect, MySqlDialect, PostgreSqlDialec
 use sqlparser::parser::Parser;
 
 use super::BackendError;
+use crate::capabilities::db::{InboxKey, InboxOutcome};
 use crate::runtime::bindings::db::Value;
+use crate::runtime::bindings::publish::Outgoing;
 
 /// One caller's statement.
 pub type Statement1 = (String, Vec<Value>);
@@ -383,6 +385,109 @@ fn fail_rest(
             _ => failed(),
         })
         .collect()
+}
+
+/// The header a relayed outbox message carries its stable id in: the same
+/// on every relay of the same row, so a receiver can drop a repeat.
+pub const MESSAGE_ID_HEADER: &str = "switchyard-message-id";
+
+/// The tables transactional routes keep, in `dialect`'s DDL.
+pub fn transaction_tables(placeholders: Placeholders) -> [&'static str; 2] {
+    match placeholders {
+        Placeholders::Numbered => [
+            "CREATE TABLE IF NOT EXISTS switchyard_inbox (route TEXT NOT NULL, message TEXT NOT NULL, \
+             outcome TEXT NOT NULL, settled_at TIMESTAMPTZ NOT NULL DEFAULT now(), PRIMARY KEY (route, message))",
+            "CREATE TABLE IF NOT EXISTS switchyard_outbox (id BIGSERIAL PRIMARY KEY, message_id TEXT NOT NULL, \
+             destination TEXT NOT NULL, payload BYTEA NOT NULL, headers TEXT NOT NULL, msg_key TEXT, \
+             created_at TIMESTAMPTZ NOT NULL DEFAULT now())",
+        ],
+        // The inbox key fits InnoDB's 3072-byte limit in utf8mb4.
+        Placeholders::Question => [
+            "CREATE TABLE IF NOT EXISTS switchyard_inbox (route VARCHAR(191) NOT NULL, message VARCHAR(500) NOT NULL, \
+             outcome VARCHAR(16) NOT NULL, settled_at TIMESTAMP(6) NOT NULL DEFAULT CURRENT_TIMESTAMP(6), \
+             PRIMARY KEY (route, message))",
+            "CREATE TABLE IF NOT EXISTS switchyard_outbox (id BIGINT AUTO_INCREMENT PRIMARY KEY, \
+             message_id VARCHAR(520) NOT NULL, destination TEXT NOT NULL, payload LONGBLOB NOT NULL, \
+             headers LONGTEXT NOT NULL, msg_key TEXT NULL, created_at TIMESTAMP(6) NOT NULL DEFAULT CURRENT_TIMESTAMP(6))",
+        ],
+    }
+}
+
+/// The query that finds a message's inbox row: its outcome, if any.
+pub fn inbox_lookup(placeholders: Placeholders) -> String {
+    let sql = "SELECT outcome FROM switchyard_inbox WHERE route = ? AND message = ?";
+    match placeholders {
+        Placeholders::Numbered => number_question_marks(sql),
+        Placeholders::Question => sql.to_string(),
+    }
+}
+
+/// The relay's claim on the oldest outbox rows: locked until its transaction
+/// ends, and skipped by any other relay meanwhile.
+pub const CLAIM_OUTBOX: &str =
+    "SELECT id, message_id, destination, payload, headers, msg_key FROM switchyard_outbox ORDER BY id LIMIT {limit} FOR UPDATE SKIP LOCKED";
+
+/// An outbox row as the relay reads it.
+pub type OutboxRow = (i64, String, String, Vec<u8>, String, Option<String>);
+
+/// Outbox rows as messages to publish, each with its stable id header.
+pub fn outbox_messages(rows: Vec<OutboxRow>) -> Vec<Outgoing> {
+    rows.into_iter()
+        .map(|(_, message_id, destination, payload, headers, key)| {
+            let mut headers: Vec<(String, String)> = serde_json::from_str(&headers).unwrap_or_default();
+            headers.push((MESSAGE_ID_HEADER.to_string(), message_id));
+            Outgoing { destination, payload, headers, key }
+        })
+        .collect()
+}
+
+/// The statement that deletes `count` sent outbox rows by id.
+pub fn delete_sent(placeholders: Placeholders, count: usize) -> String {
+    let marks = vec!["?"; count].join(", ");
+    let sql = format!("DELETE FROM switchyard_outbox WHERE id IN ({marks})");
+    match placeholders {
+        Placeholders::Numbered => number_question_marks(&sql),
+        Placeholders::Question => sql,
+    }
+}
+
+/// Write the inbox row and the outbox rows of one invocation inside its open
+/// transaction. `Ok(false)` when the inbox already holds the message: another
+/// delivery committed it first, and this transaction must roll back.
+pub async fn record_settlement<C: SqlConnection + ?Sized>(
+    backend: &str,
+    conn: &mut C,
+    placeholders: Placeholders,
+    inbox: &InboxKey,
+    outcome: InboxOutcome,
+    outbox: &[Outgoing],
+) -> Result<bool, BackendError> {
+    let numbered = |sql: &str| match placeholders {
+        Placeholders::Numbered => number_question_marks(sql),
+        Placeholders::Question => sql.to_string(),
+    };
+    let insert_inbox = numbered("INSERT INTO switchyard_inbox (route, message, outcome) VALUES (?, ?, ?)");
+    let params = [Value::Text(inbox.route.clone()), Value::Text(inbox.message.clone()), Value::Text(outcome.as_str().into())];
+    match conn.run(&insert_inbox, &params).await {
+        Ok(_) => {}
+        Err(sqlx::Error::Database(e)) if e.is_unique_violation() => return Ok(false),
+        Err(e) => return Err(classify(backend, e)),
+    }
+    let insert_outbox = numbered(
+        "INSERT INTO switchyard_outbox (message_id, destination, payload, headers, msg_key) VALUES (?, ?, ?, ?, ?)",
+    );
+    for (n, message) in outbox.iter().enumerate() {
+        let headers = serde_json::to_string(&message.headers).unwrap_or_else(|_| "[]".into());
+        let params = [
+            Value::Text(format!("{}#{n}", inbox.message)),
+            Value::Text(message.destination.clone()),
+            Value::Bytes(message.payload.clone()),
+            Value::Text(headers),
+            message.key.clone().map_or(Value::Null, Value::Text),
+        ];
+        conn.run(&insert_outbox, &params).await.map_err(|e| classify(backend, e))?;
+    }
+    Ok(true)
 }
 
 /// `url` without its user and password, for messages.
