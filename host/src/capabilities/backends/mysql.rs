@@ -43,6 +43,15 @@ impl MySqlDb {
         let connect = connect.timezone(Some("+00:00".to_string()));
         let address = format!("mysql at {}", sql::redact(url));
         let pool = MySqlPoolOptions::new()
+            // READ COMMITTED, as PostgreSQL's default: under InnoDB's
+            // REPEATABLE READ the outbox relay's `FOR UPDATE SKIP LOCKED`
+            // would also lock the gap after the last row, holding up every
+            // commit that adds to the outbox while the relay publishes.
+            .after_connect(|conn, _| {
+                Box::pin(async move {
+                    SqlConnection::run(conn, "SET SESSION TRANSACTION ISOLATION LEVEL READ COMMITTED", &[]).await.map(drop)
+                })
+            })
             .max_connections(options.max_connections)
             .acquire_timeout(Duration::from_millis(options.timeout_ms))
             .connect_with(connect)
@@ -220,14 +229,7 @@ impl DbBackend for MySqlDb {
 
     async fn relay(&self, publisher: &dyn Publisher, limit: usize) -> Result<usize, BackendError> {
         let classify = |e| sql::classify("mysql", e);
-        // Under InnoDB's default REPEATABLE READ the claim would also lock the
-        // gap after the last row, holding up every commit that adds to the
-        // outbox while the relay publishes; READ COMMITTED locks only the rows.
-        let mut tx = self
-            .pool
-            .begin_with("SET TRANSACTION ISOLATION LEVEL READ COMMITTED; START TRANSACTION")
-            .await
-            .map_err(classify)?;
+        let mut tx = self.pool.begin().await.map_err(classify)?;
         let claim = sql::CLAIM_OUTBOX.replace("{limit}", &limit.to_string());
         let rows: Vec<sql::OutboxRow> = sqlx::query_as(&claim).fetch_all(&mut *tx).await.map_err(classify)?;
         if rows.is_empty() {
