@@ -460,9 +460,7 @@ async fn process(
                         Ok(Begun::Transaction(tx)) => Some(tx),
                         Ok(Begun::Settled(InboxOutcome::Handled)) => {
                             tracing::info!("an earlier delivery of this message committed; acking without running it again");
-                            settle_or_log(settle, &message, Settlement::Ack).await;
-                            shared.stats.handled.fetch_add(1, Ordering::Relaxed);
-                            metrics.handled.fetch_add(1, Ordering::Relaxed);
+                            ack(&shared, route, settle, &message).await;
                             break 'delivery;
                         }
                         Ok(Begun::Settled(InboxOutcome::Failed)) => {
@@ -515,9 +513,7 @@ async fn process(
                             break 'attempt (reason, None, compensations);
                         }
                         tracing::debug!("handled");
-                        settle_or_log(settle, &message, Settlement::Ack).await;
-                        shared.stats.handled.fetch_add(1, Ordering::Relaxed);
-                        metrics.handled.fetch_add(1, Ordering::Relaxed);
+                        ack(&shared, route, settle, &message).await;
                         break 'delivery;
                     }
                     Outcome::Retry { delay, reason } => (reason, Some(delay), compensations),
@@ -560,6 +556,13 @@ async fn process(
     .await;
     drop(turn);
     finish(&shared);
+}
+
+/// Ack a handled message and count it.
+async fn ack(shared: &Shared, route: &Route, settle: Box<dyn Settle>, message: &Message) {
+    settle_or_log(settle, message, Settlement::Ack).await;
+    shared.stats.handled.fetch_add(1, Ordering::Relaxed);
+    route.slot.metrics.handled.fetch_add(1, Ordering::Relaxed);
 }
 
 async fn dead_letter(

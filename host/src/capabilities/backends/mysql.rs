@@ -214,7 +214,7 @@ impl DbBackend for MySqlDb {
 
     async fn begin(&self, inbox: &InboxKey) -> Result<Begun, BackendError> {
         let classify = |e| sql::classify("mysql", e);
-        let settled: Option<String> = sqlx::query_scalar(&sql::inbox_lookup(Placeholders::Question))
+        let settled: Option<String> = sqlx::query_scalar(sql::InboxStatements::of(Placeholders::Question).lookup)
             .bind(&inbox.route)
             .bind(&inbox.message)
             .fetch_optional(&self.pool)
@@ -232,15 +232,11 @@ impl DbBackend for MySqlDb {
         let mut tx = self.pool.begin().await.map_err(classify)?;
         let claim = sql::CLAIM_OUTBOX.replace("{limit}", &limit.to_string());
         let rows: Vec<sql::OutboxRow> = sqlx::query_as(&claim).fetch_all(&mut *tx).await.map_err(classify)?;
-        if rows.is_empty() {
-            return Ok(0);
+        let sent = sql::send_claimed("mysql", &mut *tx, Placeholders::Question, rows, publisher).await?;
+        if sent > 0 {
+            tx.commit().await.map_err(classify)?;
         }
-        let ids: Vec<Value> = rows.iter().map(|row| Value::Int(row.0)).collect();
-        let count = rows.len();
-        publisher.publish(sql::outbox_messages(rows)).await?;
-        SqlConnection::run(&mut *tx, &sql::delete_sent(Placeholders::Question, count), &ids).await.map_err(classify)?;
-        tx.commit().await.map_err(classify)?;
-        Ok(count)
+        Ok(sent)
     }
 }
 
@@ -250,14 +246,12 @@ struct MySqlTransaction(sqlx::Transaction<'static, MySql>);
 #[async_trait]
 impl DbTransaction for MySqlTransaction {
     async fn execute(&mut self, sql: &str, params: Vec<Value>) -> Result<u64, BackendError> {
-        let sql = sql.to_string();
-        SqlConnection::run(&mut *self.0, &sql, &params).await.map_err(|e| sql::classify("mysql", e))
+        SqlConnection::run(&mut *self.0, sql, &params).await.map_err(|e| sql::classify("mysql", e))
     }
 
     async fn query(&mut self, sql: &str, params: Vec<Value>) -> Result<RowSet, BackendError> {
-        let sql = sql.to_string();
         let classify = |e| sql::classify("mysql", e);
-        let fetched = bind(sqlx::query(&sql), &params).map_err(classify)?.fetch_all(&mut *self.0).await.map_err(classify)?;
+        let fetched = bind(sqlx::query(sql), &params).map_err(classify)?.fetch_all(&mut *self.0).await.map_err(classify)?;
         rows(fetched).map_err(classify)
     }
 

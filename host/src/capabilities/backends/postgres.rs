@@ -249,7 +249,7 @@ impl DbBackend for PostgresDb {
 
     async fn begin(&self, inbox: &InboxKey) -> Result<Begun, BackendError> {
         let classify = |e| sql::classify("postgres", e);
-        let settled: Option<String> = sqlx::query_scalar(&sql::inbox_lookup(Placeholders::Numbered))
+        let settled: Option<String> = sqlx::query_scalar(sql::InboxStatements::of(Placeholders::Numbered).lookup)
             .bind(&inbox.route)
             .bind(&inbox.message)
             .fetch_optional(&self.pool)
@@ -267,15 +267,11 @@ impl DbBackend for PostgresDb {
         let mut tx = self.pool.begin().await.map_err(classify)?;
         let claim = sql::CLAIM_OUTBOX.replace("{limit}", &limit.to_string());
         let rows: Vec<sql::OutboxRow> = sqlx::query_as(&claim).fetch_all(&mut *tx).await.map_err(classify)?;
-        if rows.is_empty() {
-            return Ok(0);
+        let sent = sql::send_claimed("postgres", &mut *tx, Placeholders::Numbered, rows, publisher).await?;
+        if sent > 0 {
+            tx.commit().await.map_err(classify)?;
         }
-        let ids: Vec<Value> = rows.iter().map(|row| Value::Int(row.0)).collect();
-        let count = rows.len();
-        publisher.publish(sql::outbox_messages(rows)).await?;
-        SqlConnection::run(&mut *tx, &sql::delete_sent(Placeholders::Numbered, count), &ids).await.map_err(classify)?;
-        tx.commit().await.map_err(classify)?;
-        Ok(count)
+        Ok(sent)
     }
 }
 

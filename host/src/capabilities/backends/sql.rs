@@ -18,6 +18,7 @@ use sqlparser::parser::Parser;
 
 use super::BackendError;
 use crate::capabilities::db::{InboxKey, InboxOutcome};
+use crate::capabilities::publish::Publisher;
 use crate::runtime::bindings::db::Value;
 use crate::runtime::bindings::publish::Outgoing;
 
@@ -413,12 +414,34 @@ pub fn transaction_tables(placeholders: Placeholders) -> [&'static str; 2] {
     }
 }
 
-/// The query that finds a message's inbox row: its outcome, if any.
-pub fn inbox_lookup(placeholders: Placeholders) -> String {
-    let sql = "SELECT outcome FROM switchyard_inbox WHERE route = ? AND message = ?";
-    match placeholders {
-        Placeholders::Numbered => number_question_marks(sql),
-        Placeholders::Question => sql.to_string(),
+/// The statements a transactional route runs for each message, written once
+/// per dialect so no message pays for rewriting placeholders.
+pub struct InboxStatements {
+    /// Finds a message's inbox row: its outcome, if any.
+    pub lookup: &'static str,
+    /// Records a message's outcome.
+    insert_inbox: &'static str,
+    /// Adds one message to the outbox.
+    insert_outbox: &'static str,
+}
+
+impl InboxStatements {
+    /// The statements in `placeholders`' form.
+    pub fn of(placeholders: Placeholders) -> &'static Self {
+        match placeholders {
+            Placeholders::Numbered => &Self {
+                lookup: "SELECT outcome FROM switchyard_inbox WHERE route = $1 AND message = $2",
+                insert_inbox: "INSERT INTO switchyard_inbox (route, message, outcome) VALUES ($1, $2, $3)",
+                insert_outbox: "INSERT INTO switchyard_outbox (message_id, destination, payload, headers, msg_key) \
+                                VALUES ($1, $2, $3, $4, $5)",
+            },
+            Placeholders::Question => &Self {
+                lookup: "SELECT outcome FROM switchyard_inbox WHERE route = ? AND message = ?",
+                insert_inbox: "INSERT INTO switchyard_inbox (route, message, outcome) VALUES (?, ?, ?)",
+                insert_outbox: "INSERT INTO switchyard_outbox (message_id, destination, payload, headers, msg_key) \
+                                VALUES (?, ?, ?, ?, ?)",
+            },
+        }
     }
 }
 
@@ -430,25 +453,36 @@ pub const CLAIM_OUTBOX: &str =
 /// An outbox row as the relay reads it.
 pub type OutboxRow = (i64, String, String, Vec<u8>, String, Option<String>);
 
-/// Outbox rows as messages to publish, each with its stable id header.
-pub fn outbox_messages(rows: Vec<OutboxRow>) -> Vec<Outgoing> {
-    rows.into_iter()
+/// Publish claimed outbox `rows` through `publisher` and delete them on
+/// `conn`, inside the transaction that claimed them; how many were sent.
+pub async fn send_claimed<C: SqlConnection + ?Sized>(
+    backend: &str,
+    conn: &mut C,
+    placeholders: Placeholders,
+    rows: Vec<OutboxRow>,
+    publisher: &dyn Publisher,
+) -> Result<usize, BackendError> {
+    let count = rows.len();
+    if count == 0 {
+        return Ok(0);
+    }
+    let ids: Vec<Value> = rows.iter().map(|row| Value::Int(row.0)).collect();
+    let messages = rows
+        .into_iter()
         .map(|(_, message_id, destination, payload, headers, key)| {
             let mut headers: Vec<(String, String)> = serde_json::from_str(&headers).unwrap_or_default();
             headers.push((MESSAGE_ID_HEADER.to_string(), message_id));
             Outgoing { destination, payload, headers, key }
         })
-        .collect()
-}
-
-/// The statement that deletes `count` sent outbox rows by id.
-pub fn delete_sent(placeholders: Placeholders, count: usize) -> String {
-    let marks = vec!["?"; count].join(", ");
-    let sql = format!("DELETE FROM switchyard_outbox WHERE id IN ({marks})");
-    match placeholders {
-        Placeholders::Numbered => number_question_marks(&sql),
-        Placeholders::Question => sql,
-    }
+        .collect();
+    publisher.publish(messages).await?;
+    let marks: Vec<String> = match placeholders {
+        Placeholders::Numbered => (1..=count).map(|n| format!("${n}")).collect(),
+        Placeholders::Question => vec!["?".to_string(); count],
+    };
+    let delete = format!("DELETE FROM switchyard_outbox WHERE id IN ({})", marks.join(", "));
+    conn.run(&delete, &ids).await.map_err(|e| classify(backend, e))?;
+    Ok(count)
 }
 
 /// Write the inbox row and the outbox rows of one invocation inside its open
@@ -462,20 +496,13 @@ pub async fn record_settlement<C: SqlConnection + ?Sized>(
     outcome: InboxOutcome,
     outbox: &[Outgoing],
 ) -> Result<bool, BackendError> {
-    let numbered = |sql: &str| match placeholders {
-        Placeholders::Numbered => number_question_marks(sql),
-        Placeholders::Question => sql.to_string(),
-    };
-    let insert_inbox = numbered("INSERT INTO switchyard_inbox (route, message, outcome) VALUES (?, ?, ?)");
+    let statements = InboxStatements::of(placeholders);
     let params = [Value::Text(inbox.route.clone()), Value::Text(inbox.message.clone()), Value::Text(outcome.as_str().into())];
-    match conn.run(&insert_inbox, &params).await {
+    match conn.run(statements.insert_inbox, &params).await {
         Ok(_) => {}
         Err(sqlx::Error::Database(e)) if e.is_unique_violation() => return Ok(false),
         Err(e) => return Err(classify(backend, e)),
     }
-    let insert_outbox = numbered(
-        "INSERT INTO switchyard_outbox (message_id, destination, payload, headers, msg_key) VALUES (?, ?, ?, ?, ?)",
-    );
     for (n, message) in outbox.iter().enumerate() {
         let headers = serde_json::to_string(&message.headers).unwrap_or_else(|_| "[]".into());
         let params = [
@@ -485,7 +512,7 @@ pub async fn record_settlement<C: SqlConnection + ?Sized>(
             Value::Text(headers),
             message.key.clone().map_or(Value::Null, Value::Text),
         ];
-        conn.run(&insert_outbox, &params).await.map_err(|e| classify(backend, e))?;
+        conn.run(statements.insert_outbox, &params).await.map_err(|e| classify(backend, e))?;
     }
     Ok(true)
 }
