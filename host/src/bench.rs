@@ -332,25 +332,40 @@ pub async fn density(plugin: &Path, tenants: usize, distinct: usize) -> Result<D
 /// What `switchyard bench isolation` measured.
 #[derive(Debug, Clone)]
 pub struct IsolationReport {
-    /// Messages of the well-behaved tenant.
+    /// Messages of the well-behaved tenant per run.
     pub messages: usize,
-    /// Its messages per second alone.
-    pub alone_rate: f64,
-    /// Its messages per second while the hostile tenant attacks.
-    pub attacked_rate: f64,
-    /// Attack messages the hostile tenant sent.
+    /// Attack messages the hostile tenant sent per attacked run.
     pub attacks: usize,
+    /// Each round's messages per second of the well-behaved tenant: alone,
+    /// then while the hostile tenant attacks.
+    pub rounds: Vec<(f64, f64)>,
+}
+
+impl IsolationReport {
+    /// The median over the rounds of attacked over alone. Rounds alternate
+    /// alone and attacked, so a slow spell of the machine lands on both.
+    pub fn median_ratio(&self) -> f64 {
+        let mut ratios: Vec<f64> = self.rounds.iter().map(|(alone, attacked)| attacked / alone.max(1e-9)).collect();
+        ratios.sort_by(f64::total_cmp);
+        match ratios.len() {
+            0 => 0.0,
+            n if n % 2 == 1 => ratios[n / 2],
+            n => (ratios[n / 2 - 1] + ratios[n / 2]) / 2.0,
+        }
+    }
 }
 
 /// Run a well-behaved tenant alone, then next to a hostile tenant looping,
 /// bombing memory and recursing, and compare its throughput. The hostile
 /// tenant has the quotas a shared host would give an untrusted tenant: two
-/// invocations in flight, 50 per second, 100 ms and 16 MiB each.
+/// invocations in flight, 50 per second, 100 ms and 16 MiB each. Runs
+/// `rounds` rounds, each alone then attacked, after one uncounted warm-up run.
 pub async fn isolation(
     cache_update: &Path,
     hostile: &Path,
     messages: usize,
     attacks: &[String],
+    rounds: usize,
 ) -> Result<IsolationReport, BenchError> {
     let absolute = |p: &Path| std::fs::canonicalize(p).map_err(|e| BenchError::Io(p.display().to_string(), e));
     let (cache_update, hostile) = (&absolute(cache_update)?, &absolute(hostile)?);
@@ -389,7 +404,9 @@ pub async fn isolation(
         text
     };
     let mut rates = Vec::new();
-    for with_attack in [false, true] {
+    // A first run alone warms the machine (page cache, CPU frequency,
+    // allocator) and is not counted.
+    for with_attack in std::iter::once(false).chain((0..rounds.max(1)).flat_map(|_| [false, true])) {
         let path = dir.path().join(format!("switchyard-{with_attack}.toml"));
         std::fs::write(&path, config_text(with_attack)).map_err(|e| BenchError::Io(path.display().to_string(), e))?;
         let config = crate::Config::load(&path)?;
@@ -411,7 +428,8 @@ pub async fn isolation(
         shutdown.cancel();
         let _ = run.await;
     }
-    Ok(IsolationReport { messages, alone_rate: rates[0], attacked_rate: rates[1], attacks: attack_count })
+    let rounds = rates[1..].chunks_exact(2).map(|pair| (pair[0], pair[1])).collect();
+    Ok(IsolationReport { messages, attacks: attack_count, rounds })
 }
 
 /// One handler's costs in [`languages`].

@@ -202,6 +202,9 @@ enum BenchWhat {
         /// The attacks, taken in turn (see plugins/hostile).
         #[arg(long, value_delimiter = ',', default_value = "loop,memory,recurse")]
         attacks: Vec<String>,
+        /// Rounds, each alone then attacked; the median ratio is reported.
+        #[arg(long, default_value_t = 5)]
+        rounds: usize,
     },
 }
 
@@ -505,12 +508,14 @@ async fn bench(what: BenchWhat) -> anyhow::Result<std::process::ExitCode> {
                 r.distinct, r.distinct_cold_s, r.distinct_warm_s, r.distinct_rss_mib
             );
         }
-        BenchWhat::Isolation { good, hostile, messages, attacks } => {
-            let r = switchyard::bench::isolation(&good, &hostile, messages, &attacks).await?;
-            println!("isolation benchmark: {} messages of a well-behaved tenant", r.messages);
-            println!("  alone                                {:>10.0} msg/s", r.alone_rate);
-            println!("  while {} attacks run ({})   {:>10.0} msg/s", r.attacks, attacks.join(", "), r.attacked_rate);
-            println!("  ratio                                {:>10.2}", r.attacked_rate / r.alone_rate.max(1e-9));
+        BenchWhat::Isolation { good, hostile, messages, attacks, rounds } => {
+            let r = switchyard::bench::isolation(&good, &hostile, messages, &attacks, rounds).await?;
+            println!("isolation benchmark: {} messages of a well-behaved tenant per run, {} attacks ({}) per attacked run", r.messages, r.attacks, attacks.join(", "));
+            println!("  round      alone msg/s   attacked msg/s   ratio");
+            for (i, (alone, attacked)) in r.rounds.iter().enumerate() {
+                println!("  {:>5}   {:>12.0}   {:>14.0}   {:>5.2}", i + 1, alone, attacked, attacked / alone.max(1e-9));
+            }
+            println!("  median ratio                              {:>5.2}", r.median_ratio());
         }
     }
     Ok(std::process::ExitCode::SUCCESS)
