@@ -408,14 +408,22 @@ impl Source for JetStreamSource {
                     m = messages.next() => m,
                 };
                 let m = match next {
-                    Some(Ok(m)) => m,
+                    Some(Ok(m)) => {
+                        backoff.reset();
+                        m
+                    }
                     Some(Err(e)) => {
-                        // Missed heartbeats and the like: the pull is renewed.
+                        // A failed or expired pull is renewed by the stream
+                        // itself, and messages already on their way still
+                        // arrive on it, so it is read on. Dropping it would
+                        // leave them unacked until `ack_wait`. An error that
+                        // ends the stream (the consumer was deleted) is
+                        // followed by its end, and the consumer is made again.
                         tracing::warn!(source = %self.name, %address, error = %e, "NATS JetStream: pull interrupted; pulling again");
                         if !backoff.wait(&shutdown).await {
                             return Ok(());
                         }
-                        break;
+                        continue;
                     }
                     None => break,
                 };
