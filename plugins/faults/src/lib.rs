@@ -11,6 +11,9 @@
 //! - `recurse`: recurse until the stack overflows;
 //! - `cache`: set `key` (default `faults:hit`) in the cache and ack;
 //! - `busy`: compute for `delay_ms` milliseconds, then ack;
+//! - `scatter`: grow memory by 8 MiB, mark one byte in each of 256 pages
+//!   spread over it, and reject if any was already marked: memory an earlier
+//!   message dirtied must never be visible to a later one;
 //! - `sql`: execute `sql` with the text parameters `params` and ack; a
 //!   capability error rejects the message with the error.
 //!
@@ -80,6 +83,25 @@ impl Guest for Faults {
                 let until = std::time::Instant::now() + std::time::Duration::from_millis(req.delay_ms.unwrap_or(100));
                 while std::time::Instant::now() < until {
                     std::hint::black_box(0);
+                }
+                Ok(())
+            }
+            "scatter" => {
+                // Pages fresh from `memory.grow` must read as zero; the
+                // allocator never hands these out, as it grows past them.
+                let first = core::arch::wasm32::memory_grow(0, 128);
+                if first == usize::MAX {
+                    return Err(HandlerError::Reject("memory.grow refused 8 MiB".into()));
+                }
+                for i in 0..256 {
+                    let at = core::ptr::with_exposed_provenance_mut::<u8>((first << 16) + (i << 15));
+                    // SAFETY: `at` lies in the 128 pages grown just above,
+                    // which nothing else in this instance uses.
+                    let seen = unsafe { at.read_volatile() };
+                    if seen != 0 {
+                        return Err(HandlerError::Reject(format!("page {i} holds {seen} from an earlier message")));
+                    }
+                    unsafe { at.write_volatile(0xA5) };
                 }
                 Ok(())
             }
