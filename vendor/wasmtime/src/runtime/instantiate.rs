@@ -10,6 +10,7 @@ use crate::runtime::vm::CompiledModuleId;
 use alloc::sync::Arc;
 use core::ops::Range;
 use core::str;
+use wasmtime_environ::EntityRef;
 use wasmtime_environ::{
     CompiledFunctionsTable, CompiledModuleInfo, DefinedFuncIndex, FilePos, FuncIndex, FuncKey,
     FunctionLoc, FunctionName, Metadata, Module, ModuleInternedTypeIndex, StaticModuleIndex,
@@ -25,6 +26,10 @@ pub struct CompiledModule {
     index: Arc<CompiledFunctionsTable>,
     /// Sorted list, by function index, of names we have for this module.
     func_names: Vec<FunctionName>,
+    /// Where each defined function and its array-to-wasm trampoline are,
+    /// by `DefinedFuncIndex`, looked up once here: every instance that fills
+    /// a function table asks for them again, one function at a time.
+    defined_locs: Vec<(Option<FunctionLoc>, Option<FunctionLoc>)>,
 }
 
 impl CompiledModule {
@@ -51,13 +56,25 @@ impl CompiledModule {
         index: Arc<CompiledFunctionsTable>,
         profiler: &dyn ProfilingAgent,
     ) -> Result<Self> {
+        let module: Arc<Module> = try_new::<Arc<_>>(info.module)?;
+        let defined_locs = module
+            .defined_func_indices()
+            .map(|i| {
+                let m = module.module_index;
+                (
+                    index.func_loc(FuncKey::DefinedWasmFunction(m, i)).copied(),
+                    index.func_loc(FuncKey::ArrayToWasmTrampoline(m, i)).copied(),
+                )
+            })
+            .collect();
         let mut ret = Self {
             unique_id: CompiledModuleId::new(),
             engine_code,
-            module: try_new::<Arc<_>>(info.module)?,
+            module,
             meta: info.meta,
             index,
             func_names: info.func_names,
+            defined_locs,
         };
         ret.register_profiling(profiler)?;
 
@@ -167,8 +184,17 @@ impl CompiledModule {
 
     /// Gets the function location information for a given function index.
     pub fn func_loc(&self, key: FuncKey) -> &FunctionLoc {
-        self.index
-            .func_loc(key)
+        let cached = match key {
+            FuncKey::DefinedWasmFunction(m, i) if m == self.module_index() => {
+                self.defined_locs.get(i.index()).and_then(|l| l.0.as_ref())
+            }
+            FuncKey::ArrayToWasmTrampoline(m, i) if m == self.module_index() => {
+                self.defined_locs.get(i.index()).and_then(|l| l.1.as_ref())
+            }
+            _ => None,
+        };
+        cached
+            .or_else(|| self.index.func_loc(key))
             .expect("defined function should be present")
     }
 
