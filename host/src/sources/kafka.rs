@@ -318,6 +318,16 @@ impl Tracker {
         tpl
     }
 
+    /// Whether `offset` is behind the partition's committed position, or the
+    /// partition has moved on to another assignment (nothing left to wait for).
+    fn is_committed(&self, topic: &str, partition: i32, offset: i64, generation: usize) -> bool {
+        let Ok(partitions) = self.partitions.lock() else { return true };
+        match partitions.get(&(topic.to_string(), partition)) {
+            Some(state) if state.generation == generation => state.committed.is_some_and(|c| c > offset),
+            _ => true,
+        }
+    }
+
     fn committed(&self, tpl: &TopicPartitionList) {
         if let Ok(mut partitions) = self.partitions.lock() {
             for e in tpl.elements() {
@@ -478,6 +488,8 @@ struct Shared {
     /// Records handed on and not yet settled.
     held: AtomicUsize,
     room: tokio::sync::Notify,
+    /// Woken after every commit, for settlements waiting for theirs.
+    commits: tokio::sync::Notify,
     producer: Arc<Producer>,
     /// Cancelled when the host stops taking messages; ends retry waits.
     shutdown: CancellationToken,
@@ -498,6 +510,7 @@ impl Shared {
         match result {
             Ok(due) => {
                 self.tracker.committed(&due);
+                self.commits.notify_waiters();
                 Ok(())
             }
             Err(e) => Err(format!("cannot commit offsets: {e}")),
@@ -655,6 +668,7 @@ impl Source for KafkaSource {
             commit_lock: tokio::sync::Mutex::new(()),
             held: AtomicUsize::new(0),
             room: tokio::sync::Notify::new(),
+            commits: tokio::sync::Notify::new(),
             producer: self.producer.clone(),
             shutdown: shutdown.clone(),
         });
@@ -744,11 +758,28 @@ impl KafkaSettle {
         }
     }
 
-    /// Mark the record settled and commit what that allows.
+    /// Mark the record settled, and wait until a commit covers it: its
+    /// flow-control slot is given back only then, so the records a host has
+    /// handled without their offsets committed stay within `max_in_flight`,
+    /// and a crash delivers no more than those again. A record settled above
+    /// one still running waits for that one.
     async fn done(mut self: Box<Self>, message: &Message) -> Result<(), SourceError> {
-        self.shared.tracker.settled(&self.record_topic, self.partition, self.offset, self.generation);
+        let (topic, partition, offset, generation) = (&self.record_topic, self.partition, self.offset, self.generation);
+        self.shared.tracker.settled(topic, partition, offset, generation);
+        let committed = loop {
+            let next_commit = self.shared.commits.notified();
+            let result = self.shared.commit().await;
+            if result.is_err() || self.shared.tracker.is_committed(topic, partition, offset, generation) {
+                break result;
+            }
+            tokio::select! {
+                _ = next_commit => {}
+                _ = tokio::time::sleep(COMMIT_EVERY) => {}
+                _ = self.shared.shutdown.cancelled() => break Ok(()),
+            }
+        };
         self.release();
-        self.shared.commit().await.map_err(|e| SourceError::Failed {
+        committed.map_err(|e| SourceError::Failed {
             source_name: message.source.clone(),
             message: format!("topic {:?} partition {} offset {}: {e}", self.record_topic, self.partition, self.offset),
         })
