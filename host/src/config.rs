@@ -573,14 +573,14 @@ impl Config {
                 return Err(invalid(field("memory_mib"), "memory_mib and timeout_ms must be at least 1".into()));
             }
         }
-        if let Some(admin) = &self.admin {
-            if let Some(listen) = &admin.listen {
-                listen
-                    .parse::<std::net::SocketAddr>()
-                    .map_err(|e| invalid("admin.listen".into(), format!("{listen:?} is not an address: {e}")))?;
-                if admin.token.as_deref().is_none_or(str::is_empty) {
-                    return Err(invalid("admin.token".into(), "the admin API needs a token to authorize deploys".into()));
-                }
+        if let Some(admin) = &self.admin
+            && let Some(listen) = &admin.listen
+        {
+            listen
+                .parse::<std::net::SocketAddr>()
+                .map_err(|e| invalid("admin.listen".into(), format!("{listen:?} is not an address: {e}")))?;
+            if admin.token.as_deref().is_none_or(str::is_empty) {
+                return Err(invalid("admin.token".into(), "the admin API needs a token to authorize deploys".into()));
             }
         }
         for (i, route) in self.routes.iter().enumerate() {

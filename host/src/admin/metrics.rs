@@ -49,7 +49,9 @@ fn escape(value: &str) -> String {
 /// Render the metrics of every (tenant, handler) in the Prometheus text format.
 pub fn render<'a>(handlers: impl Iterator<Item = (&'a str, &'a str, &'a HandlerMetrics)> + Clone) -> String {
     let mut out = String::new();
-    let counters: [(&str, &str, &str, fn(&HandlerMetrics) -> u64); 5] = [
+    // Name, type, help, and how to read it from a handler's metrics.
+    type Counter = (&'static str, &'static str, &'static str, fn(&HandlerMetrics) -> u64);
+    let counters: [Counter; 5] = [
         ("switchyard_messages_handled_total", "counter", "Messages acked after the handler returned ok.", |m| m.handled.load(Ordering::Relaxed)),
         ("switchyard_messages_retried_total", "counter", "Retries scheduled.", |m| m.retried.load(Ordering::Relaxed)),
         ("switchyard_messages_dead_lettered_total", "counter", "Messages dead-lettered.", |m| m.dead_lettered.load(Ordering::Relaxed)),

@@ -290,7 +290,7 @@ impl Runtime {
         }
 
         let run = async {
-            let handler = plugin.pre.instantiate_async(&mut store).await.map_err(|e| Err(e))?;
+            let handler = plugin.pre.instantiate_async(&mut store).await.map_err(Err)?;
             handler.call_handle(&mut store, message).await.map_err(Ok)
         };
         let result = tokio::time::timeout(Duration::from_millis(limits.timeout_ms), run).await;

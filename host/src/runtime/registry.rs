@@ -216,7 +216,9 @@ impl Registry {
         for (path, bytes) in files {
             distinct.entry(super::plugin::digest(bytes)).or_insert((path, bytes));
         }
-        let work: Mutex<Vec<(String, (&Path, &[u8]))>> = Mutex::new(distinct.into_iter().collect());
+        // Each distinct component, by digest, with its path and bytes.
+        type Work<'a> = Vec<(String, (&'a Path, &'a [u8]))>;
+        let work: Mutex<Work> = Mutex::new(distinct.into_iter().collect());
         let threads = std::thread::available_parallelism().map_or(1, |n| n.get());
         std::thread::scope(|scope| {
             for _ in 0..threads {
