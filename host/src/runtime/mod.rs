@@ -24,7 +24,7 @@ pub use plugin::{LoadError, Plugin};
 use state::{HostState, LogContext};
 
 /// How often the epoch advances: the time slice of a handler that runs long.
-const EPOCH_TICK: Duration = Duration::from_millis(5);
+const EPOCH_TICK: Duration = Duration::from_millis(2);
 
 /// Ticks a long-running handler sleeps after each tick it computes: past its
 /// first tick it runs at 1 / (1 + LONG_RUNNING_PAUSE) of a core.
