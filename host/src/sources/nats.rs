@@ -372,26 +372,35 @@ impl JetStreamSource {
     }
 }
 
+/// How long the server keeps a pull request that is not yet filled; an idle
+/// consumer renews its pull this often.
+const PULL_EXPIRES: Duration = Duration::from_secs(5);
+
+/// Silence after which pull requests still owed messages are taken as lost
+/// (the server restarted) and made again: the expiry, plus a margin for the
+/// server's own expiry notice to arrive.
+const PULL_LOST_AFTER: Duration = Duration::from_secs(10);
+
 #[async_trait]
 impl Source for JetStreamSource {
     async fn run(self: Box<Self>, out: mpsc::Sender<Delivery>, shutdown: CancellationToken) -> Result<(), SourceError> {
         let Some(client) = connect_with_backoff("NATS JetStream", &self.name, &self.config.url, &shutdown).await else {
             return Ok(());
         };
-        let js = jetstream::new(client);
+        let js = jetstream::new(client.clone());
         let dead_letter = Arc::new(self.config.dead_letter_subject());
         let mut backoff = Backoff::default();
         let address = redact(&self.config.url);
         loop {
-            let messages = match self.consumer(&js).await {
-                Ok(c) => c.stream().max_messages_per_batch(self.max_ack_pending.clamp(1, 10_000) as usize).messages().await.map_err(|e| format!("cannot pull: {e}")),
+            let puller = match self.consumer(&js).await {
+                Ok(_) => Puller::start(&client, &self.config, self.max_ack_pending).await,
                 Err(e) => Err(e),
             };
-            let mut messages = match messages {
-                Ok(m) => {
+            let mut puller = match puller {
+                Ok(p) => {
                     backoff.reset();
                     tracing::info!(source = %self.name, %address, stream = %self.config.stream, consumer = %self.config.consumer, "pulling from JetStream");
-                    m
+                    p
                 }
                 Err(e) => {
                     let delay = backoff.next_delay();
@@ -405,28 +414,26 @@ impl Source for JetStreamSource {
             loop {
                 let next = tokio::select! {
                     _ = shutdown.cancelled() => return Ok(()),
-                    m = messages.next() => m,
+                    m = puller.next() => m,
                 };
                 let m = match next {
-                    Some(Ok(m)) => {
+                    Pulled::Message(m) => {
                         backoff.reset();
                         m
                     }
-                    Some(Err(e)) => {
-                        // A failed or expired pull is renewed by the stream
-                        // itself, and messages already on their way still
-                        // arrive on it, so it is read on. Dropping it would
-                        // leave them unacked until `ack_wait`. An error that
-                        // ends the stream (the consumer was deleted) is
-                        // followed by its end, and the consumer is made again.
-                        tracing::warn!(source = %self.name, %address, error = %e, "NATS JetStream: pull interrupted; pulling again");
+                    Pulled::Retry(e) => {
+                        tracing::warn!(source = %self.name, %address, "NATS JetStream: {e}; pulling again");
                         if !backoff.wait(&shutdown).await {
                             return Ok(());
                         }
                         continue;
                     }
-                    None => break,
+                    Pulled::Reset(e) => {
+                        tracing::warn!(source = %self.name, %address, "NATS JetStream: {e}; looking up the consumer again");
+                        break;
+                    }
                 };
+                let m = jetstream::Message { message: m, context: js.clone() };
                 let message = match self.message(&m) {
                     Ok(message) => message,
                     Err(e) => {
@@ -438,6 +445,112 @@ impl Source for JetStreamSource {
                 let settle = Box::new(JetStreamSettle { js: js.clone(), acker, dead_letter: dead_letter.clone() });
                 if out.send(Delivery { message, settle }).await.is_err() {
                     return Ok(());
+                }
+            }
+        }
+    }
+}
+
+/// What a [`Puller`] got.
+enum Pulled {
+    /// A message of the stream.
+    Message(async_nats::Message),
+    /// Nothing this time; pull again after a backoff.
+    Retry(String),
+    /// The consumer is gone or the connection closed: start over.
+    Reset(String),
+}
+
+/// Pull requests on one inbox, with an exact count of the messages they are
+/// still owed. async-nats' own pull stream counts a request only once its
+/// publish is confirmed, so messages that arrive first are not subtracted;
+/// it then waits for messages the server will never send, and the consumer
+/// stalls until the request expires. Here a request is counted before it is
+/// sent, and one inbox keeps the messages in stream order.
+struct Puller {
+    client: async_nats::Client,
+    /// `$JS.API.CONSUMER.MSG.NEXT.<stream>.<consumer>`.
+    subject: Subject,
+    inbox: Subject,
+    replies: async_nats::Subscriber,
+    /// The request body: `batch` messages, expiring after [`PULL_EXPIRES`].
+    request: String,
+    batch: usize,
+    /// Messages requested and neither delivered nor released by the server.
+    owed: usize,
+    /// When the server was last heard from on the inbox, or last asked.
+    heard: tokio::time::Instant,
+}
+
+impl Puller {
+    async fn start(client: &async_nats::Client, config: &JetStreamConfig, max_ack_pending: i64) -> Result<Self, String> {
+        let inbox = Subject::from(client.new_inbox());
+        let replies = client.subscribe(inbox.clone()).await.map_err(|e| format!("cannot subscribe to {inbox}: {e}"))?;
+        let batch = usize::try_from(max_ack_pending).unwrap_or(1).clamp(1, 10_000);
+        let request = serde_json::json!({ "batch": batch, "expires": PULL_EXPIRES.as_nanos() as u64 });
+        Ok(Self {
+            client: client.clone(),
+            subject: Subject::from(format!("$JS.API.CONSUMER.MSG.NEXT.{}.{}", config.stream, config.consumer)),
+            inbox,
+            replies,
+            request: request.to_string(),
+            batch,
+            owed: 0,
+            heard: tokio::time::Instant::now(),
+        })
+    }
+
+    /// The next message, asking for more first when half of what was asked
+    /// for has come.
+    async fn next(&mut self) -> Pulled {
+        loop {
+            if self.owed <= self.batch / 2 {
+                self.owed += self.batch;
+                self.heard = tokio::time::Instant::now();
+                if let Err(e) = self.client.publish_with_reply(self.subject.clone(), self.inbox.clone(), self.request.clone().into()).await {
+                    self.owed -= self.batch;
+                    return Pulled::Retry(format!("cannot request messages: {e}"));
+                }
+            }
+            let reply = tokio::select! {
+                reply = self.replies.next() => reply,
+                _ = tokio::time::sleep_until(self.heard + PULL_LOST_AFTER) => {
+                    self.owed = 0;
+                    return Pulled::Retry(format!("no reply to pull requests for {} s", PULL_LOST_AFTER.as_secs()));
+                }
+            };
+            let Some(m) = reply else { return Pulled::Reset("the connection closed".into()) };
+            self.heard = tokio::time::Instant::now();
+            match m.status {
+                None | Some(async_nats::StatusCode::OK) => {
+                    self.owed = self.owed.saturating_sub(1);
+                    return Pulled::Message(m);
+                }
+                Some(async_nats::StatusCode::IDLE_HEARTBEAT) => {}
+                // A request expired or was ended: the header says how many of
+                // its messages it will no longer deliver.
+                Some(async_nats::StatusCode::TIMEOUT | async_nats::StatusCode::REQUEST_TERMINATED) => {
+                    let released = m
+                        .headers
+                        .as_ref()
+                        .and_then(|h| h.get("Nats-Pending-Messages"))
+                        .and_then(|v| v.as_str().parse().ok())
+                        .unwrap_or(self.batch);
+                    self.owed = self.owed.saturating_sub(released);
+                    let description = m.description.unwrap_or_default();
+                    if description.contains("Consumer Deleted") || description.contains("Consumer is push based") {
+                        return Pulled::Reset(description);
+                    }
+                    if m.status == Some(async_nats::StatusCode::REQUEST_TERMINATED) {
+                        return Pulled::Retry(format!("the server ended a pull request: {description}"));
+                    }
+                }
+                Some(async_nats::StatusCode::NO_RESPONDERS) => {
+                    self.owed = self.owed.saturating_sub(self.batch);
+                    return Pulled::Reset("no JetStream consumer answered the pull request".into());
+                }
+                Some(status) => {
+                    return Pulled::Retry(format!("unexpected status {status} on a pull: {}", m.description.unwrap_or_default()));
                 }
             }
         }
