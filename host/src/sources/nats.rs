@@ -462,11 +462,12 @@ enum Pulled {
 }
 
 /// Pull requests on one inbox, with an exact count of the messages they are
-/// still owed. async-nats' own pull stream counts a request only once its
-/// publish is confirmed, so messages that arrive first are not subtracted;
-/// it then waits for messages the server will never send, and the consumer
-/// stalls until the request expires. Here a request is counted before it is
-/// sent, and one inbox keeps the messages in stream order.
+/// still owed. async-nats' own pull stream adds a request to its count only
+/// when the task that sent it reports back, which can be after the request's
+/// first messages arrived; those are never subtracted, so it waits for
+/// messages the server will not send, and the consumer stalls until the
+/// request expires. Here a request is counted before it is sent, and one
+/// inbox keeps the messages in stream order.
 struct Puller {
     client: async_nats::Client,
     /// `$JS.API.CONSUMER.MSG.NEXT.<stream>.<consumer>`.
@@ -480,6 +481,9 @@ struct Puller {
     owed: usize,
     /// When the server was last heard from on the inbox, or last asked.
     heard: tokio::time::Instant,
+    /// Fires [`PULL_LOST_AFTER`] after `heard`; moved on only when it fires,
+    /// so a message costs no timer update.
+    lost: std::pin::Pin<Box<tokio::time::Sleep>>,
 }
 
 impl Puller {
@@ -497,6 +501,7 @@ impl Puller {
             batch,
             owed: 0,
             heard: tokio::time::Instant::now(),
+            lost: Box::pin(tokio::time::sleep(PULL_LOST_AFTER)),
         })
     }
 
@@ -514,7 +519,14 @@ impl Puller {
             }
             let reply = tokio::select! {
                 reply = self.replies.next() => reply,
-                _ = tokio::time::sleep_until(self.heard + PULL_LOST_AFTER) => {
+                _ = &mut self.lost => {
+                    let now = tokio::time::Instant::now();
+                    let deadline = self.heard + PULL_LOST_AFTER;
+                    if deadline > now {
+                        self.lost.as_mut().reset(deadline);
+                        continue;
+                    }
+                    self.lost.as_mut().reset(now + PULL_LOST_AFTER);
                     self.owed = 0;
                     return Pulled::Retry(format!("no reply to pull requests for {} s", PULL_LOST_AFTER.as_secs()));
                 }
