@@ -188,6 +188,14 @@ impl OwnServer {
             let _ = child.wait();
         }
     }
+
+    /// Kill the server with SIGKILL: it tells no client anything.
+    fn crash(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
 }
 
 impl Drop for OwnServer {
@@ -321,4 +329,32 @@ async fn core_request_and_reply() {
     let rows = host.rows().await;
     assert_eq!(rows.len(), 1);
     assert_eq!(rows[0].seq, 42);
+}
+
+/// The server is killed while the host is idle, waiting on a pull request,
+/// and started again; it no longer knows the request and sends nothing. The
+/// host notices the silence, pulls again, and handles what is published
+/// afterwards.
+#[tokio::test]
+async fn jetstream_pull_lost_with_a_server_restart_is_made_again() {
+    let dir = test_dir("js-lost-pull");
+    let mut server = OwnServer::new(&dir);
+    server.start().await;
+    let broker = JetStream::at(&server.url(), "lostpull").await;
+    conformance::write_config(&dir, &broker.source(), &broker.topic(), &conformance::Setup::default());
+    let mut host = conformance::Host::start(&dir);
+    host.wait_ready().await;
+    conformance::publish_many(&broker, 0, 20, 4, "").await;
+    conformance::wait_for(60, "the first 20 messages handled", || async { conformance::distinct_seqs(&host.rows().await).len() == 20 }).await;
+    // Idle now, with a pull request open on the server.
+    server.crash();
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    server.start().await;
+    conformance::publish_many(&broker, 20, 20, 4, "").await;
+    conformance::wait_for(60, "the 20 messages published after the restart handled", || async {
+        conformance::distinct_seqs(&host.rows().await).len() == 40
+    })
+    .await;
+    assert!(host.running(), "the host must survive the restart:\n{}", host.log());
+    assert!(host.terminate().success());
 }

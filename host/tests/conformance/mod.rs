@@ -272,7 +272,7 @@ where
     }
 }
 
-fn distinct_seqs(rows: &[Row_]) -> BTreeSet<i64> {
+pub fn distinct_seqs(rows: &[Row_]) -> BTreeSet<i64> {
     rows.iter().map(|r| r.seq).collect()
 }
 
