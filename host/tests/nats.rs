@@ -245,12 +245,18 @@ async fn jetstream_scale_out() {
     conformance::scale_out(&JetStream::new("scale").await, &test_dir("js-scale")).await;
 }
 
-#[tokio::test]
-async fn jetstream_broker_restart() {
-    let dir = test_dir("js-restart");
+/// A test directory, a nats-server of the test's own, running, and a stream on it.
+async fn own_jetstream(name: &str) -> (std::path::PathBuf, OwnServer, JetStream) {
+    let dir = test_dir(&format!("js-{name}"));
     let mut server = OwnServer::new(&dir);
     server.start().await;
-    let broker = JetStream::at(&server.url(), "restart").await;
+    let broker = JetStream::at(&server.url(), name).await;
+    (dir, server, broker)
+}
+
+#[tokio::test]
+async fn jetstream_broker_restart() {
+    let (dir, server, broker) = own_jetstream("restart").await;
     let server = std::cell::RefCell::new(server);
     conformance::broker_restart(&broker, &dir, || async {
         server.borrow_mut().stop();
@@ -337,10 +343,7 @@ async fn core_request_and_reply() {
 /// afterwards.
 #[tokio::test]
 async fn jetstream_pull_lost_with_a_server_restart_is_made_again() {
-    let dir = test_dir("js-lost-pull");
-    let mut server = OwnServer::new(&dir);
-    server.start().await;
-    let broker = JetStream::at(&server.url(), "lostpull").await;
+    let (dir, mut server, broker) = own_jetstream("lostpull").await;
     conformance::write_config(&dir, &broker.source(), &broker.topic(), &conformance::Setup::default());
     let mut host = conformance::Host::start(&dir);
     host.wait_ready().await;

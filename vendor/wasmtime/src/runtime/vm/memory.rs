@@ -282,14 +282,13 @@ impl Memory {
         memory.memory_image = Some(memory_image);
         memory.memory_may_move = false;
 
-        Ok(if ty.shared {
-            // FIXME(#4244): not supported with the pooling allocator (which
-            // `new_static` is always used with), see `MemoryPool::validate` as
-            // well).
-            todo!("using shared memory with the pooling allocator is a work in progress");
-        } else {
-            Memory::Local(memory)
-        })
+        // The pooling allocator (which `new_static` is always used with)
+        // cannot hold shared memories; `MemoryPool::validate` refuses them
+        // first, and this says why if anything gets past it.
+        if ty.shared {
+            bail!("shared memories are not supported with the pooling allocator");
+        }
+        Ok(Memory::Local(memory))
     }
 
     /// Calls the `store`'s limiter to optionally prevent a memory from being allocated.

@@ -21,7 +21,9 @@ impl ExnRef {
         _store: &mut AutoAssertNoGc<'_>,
         _gc_ref: VMGcRef,
     ) -> Rooted<Self> {
-        unimplemented!()
+        // Without the `gc` feature no GC heap exists, so there is no GC
+        // reference to make an `exnref` from.
+        unreachable!("exnref from a GC reference without the gc feature")
     }
 
     pub fn from_raw(_store: impl AsContextMut, _raw: u32) -> Option<Rooted<Self>> {
