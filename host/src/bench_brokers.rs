@@ -5,7 +5,8 @@
 //!
 //! Both sides start from a fresh stream or queue pre-loaded with the same N
 //! messages, use the same crates (async-nats, lapin, redis), the same pull
-//! batch or prefetch, the same number of messages in flight, and ack each
+//! requests (the JetStream source's own puller, on both sides) or prefetch,
+//! the same number of messages in flight, and ack each
 //! message only after its Redis SET has returned (JetStream acks confirmed by
 //! the server on both sides, as the host's source sends them). The clock runs
 //! from the start of consuming until the last message is acked; afterwards
@@ -28,6 +29,8 @@ use lapin::types::{AMQPValue, FieldTable};
 use lapin::{BasicProperties, Confirmation, Connection, ConnectionProperties};
 use tokio::sync::Semaphore;
 use tokio_util::sync::CancellationToken;
+
+use crate::sources::nats::{Pulled, Puller};
 
 /// The dead-letter exchange the `amqp` source names by default; the queues
 /// pre-loaded for the host must be declared with it, as the source declares them.
@@ -507,10 +510,9 @@ async fn native_jetstream(url: &str, stream: &str, redis_url: &str, prefix: &str
         let (url, stream, prefix, counters, stop) = (url.to_string(), stream.to_string(), Arc::<str>::from(prefix), counters.clone(), stop.clone());
         tokio::spawn(async move {
             let client = async_nats::connect(&url).await.map_err(|e| format!("cannot connect: {e}"))?;
-            let js = jetstream::new(client);
+            let js = jetstream::new(client.clone());
             let max_ack_pending = concurrency.saturating_mul(2).max(1);
-            let consumer: jetstream::consumer::PullConsumer = js
-                .get_stream(&stream)
+            js.get_stream(&stream)
                 .await
                 .map_err(|e| format!("stream {stream:?}: {e}"))?
                 .get_or_create_consumer(
@@ -525,25 +527,20 @@ async fn native_jetstream(url: &str, stream: &str, redis_url: &str, prefix: &str
                 )
                 .await
                 .map_err(|e| format!("cannot create the consumer: {e}"))?;
-            let mut messages = consumer
-                .stream()
-                .max_messages_per_batch(max_ack_pending)
-                .messages()
-                .await
-                .map_err(|e| format!("cannot pull: {e}"))?;
+            let mut puller = Puller::start(&client, &stream, "native", max_ack_pending as i64).await?;
             let in_flight = Arc::new(Semaphore::new(concurrency));
             loop {
                 let next = tokio::select! {
                     _ = stop.cancelled() => break,
-                    next = messages.next() => next,
+                    next = puller.next() => next,
                 };
                 let m = match next {
-                    Some(Ok(m)) => m,
-                    Some(Err(e)) => {
+                    Pulled::Message(m) => jetstream::Message { message: m, context: js.clone() },
+                    Pulled::Retry(e) => {
                         tracing::warn!(error = %e, "native JetStream consumer: pull interrupted");
                         continue;
                     }
-                    None => break,
+                    Pulled::Reset(e) => return Err(e),
                 };
                 let Ok(permit) = in_flight.clone().acquire_owned().await else { break };
                 let (conn, prefix, counters) = (redis.clone(), prefix.clone(), counters.clone());

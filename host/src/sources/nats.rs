@@ -393,7 +393,7 @@ impl Source for JetStreamSource {
         let address = redact(&self.config.url);
         loop {
             let puller = match self.consumer(&js).await {
-                Ok(_) => Puller::start(&client, &self.config, self.max_ack_pending).await,
+                Ok(_) => Puller::start(&client, &self.config.stream, &self.config.consumer, self.max_ack_pending).await,
                 Err(e) => Err(e),
             };
             let mut puller = match puller {
@@ -452,7 +452,7 @@ impl Source for JetStreamSource {
 }
 
 /// What a [`Puller`] got.
-enum Pulled {
+pub(crate) enum Pulled {
     /// A message of the stream.
     Message(async_nats::Message),
     /// Nothing this time; pull again after a backoff.
@@ -467,8 +467,9 @@ enum Pulled {
 /// first messages arrived; those are never subtracted, so it waits for
 /// messages the server will not send, and the consumer stalls until the
 /// request expires. Here a request is counted before it is sent, and one
-/// inbox keeps the messages in stream order.
-struct Puller {
+/// inbox keeps the messages in stream order. The brokers benchmark's native
+/// consumer pulls with it too, so both sides pull the same way.
+pub(crate) struct Puller {
     client: async_nats::Client,
     /// `$JS.API.CONSUMER.MSG.NEXT.<stream>.<consumer>`.
     subject: Subject,
@@ -487,14 +488,15 @@ struct Puller {
 }
 
 impl Puller {
-    async fn start(client: &async_nats::Client, config: &JetStreamConfig, max_ack_pending: i64) -> Result<Self, String> {
+    /// Pull from `consumer` on `stream`, `max_ack_pending` messages a request.
+    pub(crate) async fn start(client: &async_nats::Client, stream: &str, consumer: &str, max_ack_pending: i64) -> Result<Self, String> {
         let inbox = Subject::from(client.new_inbox());
         let replies = client.subscribe(inbox.clone()).await.map_err(|e| format!("cannot subscribe to {inbox}: {e}"))?;
         let batch = usize::try_from(max_ack_pending).unwrap_or(1).clamp(1, 10_000);
         let request = serde_json::json!({ "batch": batch, "expires": PULL_EXPIRES.as_nanos() as u64 });
         Ok(Self {
             client: client.clone(),
-            subject: Subject::from(format!("$JS.API.CONSUMER.MSG.NEXT.{}.{}", config.stream, config.consumer)),
+            subject: Subject::from(format!("$JS.API.CONSUMER.MSG.NEXT.{stream}.{consumer}")),
             inbox,
             replies,
             request: request.to_string(),
@@ -507,7 +509,7 @@ impl Puller {
 
     /// The next message, asking for more first when half of what was asked
     /// for has come.
-    async fn next(&mut self) -> Pulled {
+    pub(crate) async fn next(&mut self) -> Pulled {
         loop {
             if self.owed <= self.batch / 2 {
                 self.owed += self.batch;
