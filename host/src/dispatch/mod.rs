@@ -78,6 +78,9 @@ pub struct Route {
     admission: Arc<Semaphore>,
     running: Arc<Semaphore>,
     order: Arc<KeyOrder>,
+    /// The parent of its deliveries' spans: source, tenant and handler are
+    /// formatted once here rather than for every message.
+    span: tracing::Span,
 }
 
 /// What every delivery task shares.
@@ -175,6 +178,13 @@ impl Host {
                 admission: Arc::new(Semaphore::new(route.concurrency * QUEUE_PER_CONCURRENCY)),
                 running: Arc::new(Semaphore::new(route.concurrency)),
                 order: Arc::new(KeyOrder::default()),
+                span: tracing::info_span!(
+                    parent: None,
+                    "route",
+                    source = %route.source,
+                    tenant = %route.tenant,
+                    handler = %route.handler,
+                ),
             });
         }
 
@@ -422,11 +432,9 @@ async fn process(
     let Delivery { mut message, settle } = delivery;
     let policy = &route.policy;
     let span = tracing::info_span!(
+        parent: &route.span,
         "delivery",
-        source = %message.source,
         topic = %message.topic,
-        tenant = %route.invoke.tenant,
-        handler = %route.invoke.handler,
         message_id = %message.id,
         attempt = tracing::field::Empty,
     );
