@@ -527,7 +527,7 @@ async fn native_jetstream(url: &str, stream: &str, redis_url: &str, prefix: &str
                 )
                 .await
                 .map_err(|e| format!("cannot create the consumer: {e}"))?;
-            let mut puller = Puller::start(&client, &stream, "native", max_ack_pending as i64).await?;
+            let mut puller = Puller::start(&client, &stream, "native", max_ack_pending as i64, Arc::default()).await?;
             let in_flight = Arc::new(Semaphore::new(concurrency));
             loop {
                 let next = tokio::select! {

@@ -338,9 +338,10 @@ async fn core_request_and_reply() {
 }
 
 /// The server is killed while the host is idle, waiting on a pull request,
-/// and started again; it no longer knows the request and sends nothing. The
-/// host notices the silence, pulls again, and handles what is published
-/// afterwards.
+/// and started again; it no longer knows the request and would send
+/// nothing. The host pulls again as soon as its client has connected again,
+/// and handles what is published afterwards. (Had it missed the reconnect,
+/// ten seconds of silence would make it pull again, later.)
 #[tokio::test]
 async fn jetstream_pull_lost_with_a_server_restart_is_made_again() {
     let (dir, mut server, broker) = own_jetstream("lostpull").await;
@@ -359,5 +360,6 @@ async fn jetstream_pull_lost_with_a_server_restart_is_made_again() {
     })
     .await;
     assert!(host.running(), "the host must survive the restart:\n{}", host.log());
+    assert!(host.log().contains("connected again; pulling again"), "the reconnect must renew the pull:\n{}", host.log());
     assert!(host.terminate().success());
 }

@@ -22,7 +22,7 @@ use async_nats::{HeaderMap, Subject};
 use async_trait::async_trait;
 use futures::StreamExt;
 use serde::Deserialize;
-use tokio::sync::mpsc;
+use tokio::sync::{Notify, mpsc};
 use tokio_util::sync::CancellationToken;
 
 use super::{Backoff, Delivery, ID_HEADER, KEY_HEADER, Settle, Settlement, Source, SourceError, now_ms, redact};
@@ -128,18 +128,30 @@ pub fn build_jetstream(name: &str, config: &JetStreamConfig, concurrency: usize)
 
 /// Connect once, logging every later disconnect and reconnect with the
 /// source and address; the client reconnects and resubscribes by itself.
-async fn connect(name: &str, url: &str) -> Result<async_nats::Client, String> {
+/// `reconnected` is notified each time the client connects again after a
+/// disconnect.
+async fn connect(name: &str, url: &str, reconnected: Option<Arc<Notify>>) -> Result<async_nats::Client, String> {
     let (source, address) = (name.to_string(), redact(url));
+    let disconnected = Arc::new(std::sync::atomic::AtomicBool::new(false));
     async_nats::ConnectOptions::new()
         .name(format!("switchyard {name}"))
         .connection_timeout(Duration::from_secs(5))
         .max_reconnects(None)
         .event_callback(move |event| {
-            let (source, address) = (source.clone(), address.clone());
+            let (source, address, reconnected, disconnected) =
+                (source.clone(), address.clone(), reconnected.clone(), disconnected.clone());
             async move {
                 match event {
-                    async_nats::Event::Connected => tracing::info!(%source, %address, "NATS: connection established"),
+                    async_nats::Event::Connected => {
+                        tracing::info!(%source, %address, "NATS: connection established");
+                        if disconnected.swap(false, Ordering::Relaxed)
+                            && let Some(reconnected) = reconnected
+                        {
+                            reconnected.notify_one();
+                        }
+                    }
                     async_nats::Event::Disconnected => {
+                        disconnected.store(true, Ordering::Relaxed);
                         tracing::error!(%source, %address, "NATS: disconnected; reconnecting with backoff")
                     }
                     other => tracing::warn!(%source, %address, "NATS: {other}"),
@@ -153,12 +165,18 @@ async fn connect(name: &str, url: &str) -> Result<async_nats::Client, String> {
 
 /// Connect, retrying with backoff and a log line per failure until it works
 /// or shutdown. `None` on shutdown.
-async fn connect_with_backoff(kind: &str, name: &str, url: &str, shutdown: &CancellationToken) -> Option<async_nats::Client> {
+async fn connect_with_backoff(
+    kind: &str,
+    name: &str,
+    url: &str,
+    reconnected: Option<Arc<Notify>>,
+    shutdown: &CancellationToken,
+) -> Option<async_nats::Client> {
     let mut backoff = Backoff::default();
     loop {
         let attempt = tokio::select! {
             _ = shutdown.cancelled() => return None,
-            c = connect(name, url) => c,
+            c = connect(name, url, reconnected.clone()) => c,
         };
         match attempt {
             Ok(client) => {
@@ -215,7 +233,7 @@ impl CoreSource {
 #[async_trait]
 impl Source for CoreSource {
     async fn run(self: Box<Self>, out: mpsc::Sender<Delivery>, shutdown: CancellationToken) -> Result<(), SourceError> {
-        let Some(client) = connect_with_backoff("NATS", &self.name, &self.config.url, &shutdown).await else { return Ok(()) };
+        let Some(client) = connect_with_backoff("NATS", &self.name, &self.config.url, None, &shutdown).await else { return Ok(()) };
         let mut subscriptions = Vec::new();
         let mut backoff = Backoff::default();
         for subject in &self.config.subjects {
@@ -384,7 +402,10 @@ const PULL_LOST_AFTER: Duration = Duration::from_secs(10);
 #[async_trait]
 impl Source for JetStreamSource {
     async fn run(self: Box<Self>, out: mpsc::Sender<Delivery>, shutdown: CancellationToken) -> Result<(), SourceError> {
-        let Some(client) = connect_with_backoff("NATS JetStream", &self.name, &self.config.url, &shutdown).await else {
+        // A server that restarted has forgotten the pull requests it held.
+        let reconnected = Arc::new(Notify::new());
+        let Some(client) = connect_with_backoff("NATS JetStream", &self.name, &self.config.url, Some(reconnected.clone()), &shutdown).await
+        else {
             return Ok(());
         };
         let js = jetstream::new(client.clone());
@@ -393,7 +414,9 @@ impl Source for JetStreamSource {
         let address = redact(&self.config.url);
         loop {
             let puller = match self.consumer(&js).await {
-                Ok(_) => Puller::start(&client, &self.config.stream, &self.config.consumer, self.max_ack_pending).await,
+                Ok(_) => {
+                    Puller::start(&client, &self.config.stream, &self.config.consumer, self.max_ack_pending, reconnected.clone()).await
+                }
                 Err(e) => Err(e),
             };
             let mut puller = match puller {
@@ -485,11 +508,21 @@ pub(crate) struct Puller {
     /// Fires [`PULL_LOST_AFTER`] after `heard`; moved on only when it fires,
     /// so a message costs no timer update.
     lost: std::pin::Pin<Box<tokio::time::Sleep>>,
+    /// Notified when the client has connected again: the server may have
+    /// restarted and forgotten the requests, so they are made again at once
+    /// rather than after [`PULL_LOST_AFTER`].
+    reconnected: Arc<Notify>,
 }
 
 impl Puller {
     /// Pull from `consumer` on `stream`, `max_ack_pending` messages a request.
-    pub(crate) async fn start(client: &async_nats::Client, stream: &str, consumer: &str, max_ack_pending: i64) -> Result<Self, String> {
+    pub(crate) async fn start(
+        client: &async_nats::Client,
+        stream: &str,
+        consumer: &str,
+        max_ack_pending: i64,
+        reconnected: Arc<Notify>,
+    ) -> Result<Self, String> {
         let inbox = Subject::from(client.new_inbox());
         let replies = client.subscribe(inbox.clone()).await.map_err(|e| format!("cannot subscribe to {inbox}: {e}"))?;
         let batch = usize::try_from(max_ack_pending).unwrap_or(1).clamp(1, 10_000);
@@ -504,6 +537,7 @@ impl Puller {
             owed: 0,
             heard: tokio::time::Instant::now(),
             lost: Box::pin(tokio::time::sleep(PULL_LOST_AFTER)),
+            reconnected,
         })
     }
 
@@ -521,6 +555,11 @@ impl Puller {
             }
             let reply = tokio::select! {
                 reply = self.replies.next() => reply,
+                _ = self.reconnected.notified() => {
+                    tracing::info!(subject = %self.subject, "connected again; pulling again");
+                    self.owed = 0;
+                    continue;
+                }
                 _ = &mut self.lost => {
                     let now = tokio::time::Instant::now();
                     let deadline = self.heard + PULL_LOST_AFTER;
@@ -634,7 +673,7 @@ impl NatsPublisher {
 #[async_trait]
 impl Publisher for NatsPublisher {
     async fn publish(&self, messages: Vec<Outgoing>) -> Result<(), BackendError> {
-        let client = self.client.get_or_try_init(|| connect(&self.name, &self.url)).await.map_err(|e| self.unavailable(e))?;
+        let client = self.client.get_or_try_init(|| connect(&self.name, &self.url, None)).await.map_err(|e| self.unavailable(e))?;
         let js = jetstream::new(client.clone());
         let mut acks = Vec::new();
         for m in messages {
