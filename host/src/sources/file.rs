@@ -139,8 +139,23 @@ impl Settle for FileSettle {
 }
 
 /// Turn one line into a message, or say why it is not one.
-fn parse_line(source: &str, number: u64, line: &str) -> Result<Message, (Message, String)> {
-    let fallback = || Message {
+fn parse_line(source: &str, number: u64, line: &str) -> Result<Message, String> {
+    let parsed: MessageLine = serde_json::from_str(line).map_err(|e| format!("line {number} is not a message: {e}"))?;
+    let payload = parsed.payload_bytes().map_err(|e| format!("line {number} {e}"))?;
+    Ok(Message {
+        id: parsed.id.unwrap_or_else(|| format!("{source}:{number}")),
+        topic: parsed.topic,
+        key: parsed.key,
+        headers: parsed.headers,
+        payload,
+        ..unparsed(source, number, "")
+    })
+}
+
+/// A line that is not a message, as its dead letter carries it: the line
+/// itself is the payload.
+fn unparsed(source: &str, number: u64, line: &str) -> Message {
+    Message {
         id: format!("{source}:{number}"),
         source: source.to_string(),
         topic: String::new(),
@@ -150,21 +165,7 @@ fn parse_line(source: &str, number: u64, line: &str) -> Result<Message, (Message
         attempt: 1,
         reply_to: None,
         timestamp_ms: None,
-    };
-    let parsed: MessageLine = serde_json::from_str(line)
-        .map_err(|e| (fallback(), format!("line {number} is not a message: {e}")))?;
-    let payload = parsed.payload_bytes().map_err(|e| (fallback(), format!("line {number} {e}")))?;
-    Ok(Message {
-        id: parsed.id.unwrap_or_else(|| format!("{source}:{number}")),
-        source: source.to_string(),
-        topic: parsed.topic,
-        key: parsed.key,
-        headers: parsed.headers,
-        payload,
-        attempt: 1,
-        reply_to: None,
-        timestamp_ms: None,
-    })
+    }
 }
 
 #[async_trait]
@@ -209,10 +210,10 @@ impl Source for FileSource {
                         return Ok(());
                     }
                 }
-                Err((message, reason)) => {
+                Err(reason) => {
                     tracing::warn!(source = %self.name, file = %self.path.display(), line = number, %reason, "dead-lettering malformed line");
                     let headers = vec![("switchyard-dead-letter-reason".to_string(), reason)];
-                    self.dead_letter.append(&message, &headers).await?;
+                    self.dead_letter.append(&unparsed(&self.name, number, &line), &headers).await?;
                     checkpoint.done(number);
                 }
             }
@@ -238,10 +239,10 @@ mod tests {
 
     #[test]
     fn bad_lines_say_why() {
-        let (m, why) = parse_line("s", 9, "not json").unwrap_err();
+        let why = parse_line("s", 9, "not json").unwrap_err();
         assert!(why.starts_with("line 9 is not a message"), "{why}");
-        assert_eq!(m.payload, b"not json");
-        let (_, why) = parse_line("s", 2, r#"{"topic": "t", "colour": 1}"#).unwrap_err();
+        assert_eq!(unparsed("s", 9, "not json").payload, b"not json");
+        let why = parse_line("s", 2, r#"{"topic": "t", "colour": 1}"#).unwrap_err();
         assert!(why.contains("unknown field `colour`"), "{why}");
     }
 

@@ -66,36 +66,9 @@ impl MySqlDb {
         let planner = Arc::new(Mutex::new(Planner::new(Placeholders::Question)));
         let writer_pool = pool.clone();
         let writer = Batcher::spawn("mysql writer", options.max_batch, move |batch| {
-            write(writer_pool.clone(), planner.clone(), batch)
+            sql::write("mysql", writer_pool.clone(), planner.clone(), batch)
         });
         Ok(Self { pool, writer })
-    }
-}
-
-async fn write(pool: MySqlPool, planner: Arc<Mutex<Planner>>, batch: Vec<Statement1>) -> Vec<Result<u64, BackendError>> {
-    let count = batch.len();
-    let Ok(plan) = planner.lock().map(|mut p| p.plan(&batch)) else {
-        return vec![Err(BackendError::Unavailable("mysql: planner lock poisoned".into())); count];
-    };
-    let unavailable = |e: sqlx::Error| vec![Err(sql::classify("mysql", e)); count];
-    if plan.statements() == 1 {
-        let mut conn = match pool.acquire().await {
-            Ok(conn) => conn,
-            Err(e) => return unavailable(e),
-        };
-        return sql::apply("mysql", plan, &mut *conn, &batch, false).await;
-    }
-    let mut tx = match pool.begin().await {
-        Ok(tx) => tx,
-        Err(e) => return unavailable(e),
-    };
-    let results = sql::apply("mysql", plan, &mut *tx, &batch, true).await;
-    if results.iter().all(|r| matches!(r, Err(BackendError::Unavailable(_)))) {
-        return results;
-    }
-    match tx.commit().await {
-        Ok(()) => results,
-        Err(e) => unavailable(e),
     }
 }
 

@@ -60,36 +60,9 @@ impl PostgresDb {
         let planner = Arc::new(Mutex::new(Planner::new(Placeholders::Numbered)));
         let writer_pool = pool.clone();
         let writer = Batcher::spawn("postgres writer", options.max_batch, move |batch| {
-            write(writer_pool.clone(), planner.clone(), batch)
+            sql::write("postgres", writer_pool.clone(), planner.clone(), batch)
         });
         Ok(Self { pool, writer })
-    }
-}
-
-async fn write(pool: PgPool, planner: Arc<Mutex<Planner>>, batch: Vec<Statement1>) -> Vec<Result<u64, BackendError>> {
-    let count = batch.len();
-    let Ok(plan) = planner.lock().map(|mut p| p.plan(&batch)) else {
-        return vec![Err(BackendError::Unavailable("postgres: planner lock poisoned".into())); count];
-    };
-    let unavailable = |e: sqlx::Error| vec![Err(sql::classify("postgres", e)); count];
-    if plan.statements() == 1 {
-        let mut conn = match pool.acquire().await {
-            Ok(conn) => conn,
-            Err(e) => return unavailable(e),
-        };
-        return sql::apply("postgres", plan, &mut *conn, &batch, false).await;
-    }
-    let mut tx = match pool.begin().await {
-        Ok(tx) => tx,
-        Err(e) => return unavailable(e),
-    };
-    let results = sql::apply("postgres", plan, &mut *tx, &batch, true).await;
-    if results.iter().all(|r| matches!(r, Err(BackendError::Unavailable(_)))) {
-        return results;
-    }
-    match tx.commit().await {
-        Ok(()) => results,
-        Err(e) => unavailable(e),
     }
 }
 

@@ -10,6 +10,7 @@
 //! bad row fails only its own caller.
 
 use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
 
 use futures::future::BoxFuture;
 use sqlparser::ast::{Expr, Insert, SetExpr, Statement, Value as SqlValue, ValueWithSpan};
@@ -300,6 +301,47 @@ pub fn number_question_marks(sql: &str) -> String {
         return sql.to_string();
     }
     statements.iter().map(ToString::to_string).collect::<Vec<_>>().join("; ")
+}
+
+/// Write one batch of statements on `pool` (the postgres and mysql writers),
+/// as few statements as the planner can make of them: on a connection of its
+/// own when they became one statement, otherwise in a transaction with a
+/// savepoint for each unit of the plan, so a failed one fails only its own
+/// statements.
+pub async fn write<DB>(
+    backend: &'static str,
+    pool: sqlx::Pool<DB>,
+    planner: Arc<Mutex<Planner>>,
+    batch: Vec<Statement1>,
+) -> Vec<Result<u64, BackendError>>
+where
+    DB: sqlx::Database,
+    DB::Connection: SqlConnection,
+{
+    let count = batch.len();
+    let Ok(plan) = planner.lock().map(|mut p| p.plan(&batch)) else {
+        return vec![Err(BackendError::Unavailable(format!("{backend}: planner lock poisoned"))); count];
+    };
+    let unavailable = |e: sqlx::Error| vec![Err(classify(backend, e)); count];
+    if plan.statements() == 1 {
+        let mut conn = match pool.acquire().await {
+            Ok(conn) => conn,
+            Err(e) => return unavailable(e),
+        };
+        return apply(backend, plan, &mut *conn, &batch, false).await;
+    }
+    let mut tx = match pool.begin().await {
+        Ok(tx) => tx,
+        Err(e) => return unavailable(e),
+    };
+    let results = apply(backend, plan, &mut *tx, &batch, true).await;
+    if results.iter().all(|r| matches!(r, Err(BackendError::Unavailable(_)))) {
+        return results;
+    }
+    match tx.commit().await {
+        Ok(()) => results,
+        Err(e) => unavailable(e),
+    }
 }
 
 /// Run a planned `batch` on `conn`. With `savepoints`, `conn` is inside a
