@@ -7,7 +7,7 @@ TARGET_DIR ?= $(or $(CARGO_TARGET_DIR),$(CURDIR)/target)
 PLUGINS_TARGET ?= $(TARGET_DIR)/plugins
 PLUGINS := cache-update order-insert search-index faults noop wrong-world hostile version-a version-b record order-saga
 
-.PHONY: plugins run test bench bench-brokers
+.PHONY: plugins run test lint bench bench-brokers
 
 plugins:
 	cargo build --manifest-path plugins/Cargo.toml --target wasm32-wasip2 --release --target-dir $(PLUGINS_TARGET)
@@ -20,6 +20,10 @@ run: plugins
 
 test: plugins
 	cargo test --release
+
+# Every target (library, binary, tests, benches) with warnings as errors.
+lint:
+	cargo clippy --release -p switchyard --all-targets -- -D warnings
 
 bench: plugins
 	cargo run --release -- bench

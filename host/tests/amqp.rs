@@ -2,6 +2,8 @@
 //!
 //! Needs the plugins (`make plugins`) and a running RabbitMQ; the broker
 //! restart test uses `rabbitmqctl`.
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)] // a failed assumption in a test is a failed test
+#![allow(clippy::await_holding_lock)] // see `BROKER`
 
 mod conformance;
 
@@ -17,7 +19,9 @@ fn url() -> String {
 }
 
 /// Tests share RabbitMQ; the broker restart test takes it away from the
-/// others, so it runs alone.
+/// others, so it runs alone. Each test holds its guard across its awaits on
+/// purpose: every test has a runtime and a thread of its own, so waiting on
+/// this lock blocks only the test that waits.
 static BROKER: RwLock<()> = RwLock::new(());
 
 fn shared() -> std::sync::RwLockReadGuard<'static, ()> {

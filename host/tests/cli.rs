@@ -1,5 +1,6 @@
 //! The `switchyard` command as a user runs it: `check`, `invoke`, and `run`
 //! with a graceful stop on SIGTERM.
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)] // a failed assumption in a test is a failed test
 
 mod common;
 
@@ -44,10 +45,8 @@ fn check_names_the_file_and_the_unknown_field() {
 fn check_names_the_handler_whose_wasm_is_broken() {
     let dir = tempfile::tempdir().unwrap();
     std::fs::write(dir.path().join("broken.wasm"), b"\0asm\x0d\0\x01\0garbage").unwrap();
-    let text = format!(
-        "[sources.s]\ntype = \"file\"\npath = \"m.jsonl\"\n[tenants.acme.handlers.resize]\nwasm = \"broken.wasm\"\n\
-         [[routes]]\nsource = \"s\"\ntopic = \"*\"\ntenant = \"acme\"\nhandler = \"resize\"\n"
-    );
+    let text = "[sources.s]\ntype = \"file\"\npath = \"m.jsonl\"\n[tenants.acme.handlers.resize]\nwasm = \"broken.wasm\"\n\
+         [[routes]]\nsource = \"s\"\ntopic = \"*\"\ntenant = \"acme\"\nhandler = \"resize\"\n";
     let path = dir.path().join("c.toml");
     std::fs::write(&path, text).unwrap();
     let out = switchyard().arg("check").arg(&path).output().unwrap();

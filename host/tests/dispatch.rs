@@ -4,6 +4,7 @@
 //! index on disk), not through Switchyard's handlers.
 //!
 //! The plugins must be built first: `make plugins`.
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)] // a failed assumption in a test is a failed test
 
 mod common;
 

@@ -9,6 +9,7 @@
 //! `mapper_parsing_exception`, as a real server refuses a document that does
 //! not fit its mapping. The embedded Tantivy backend is tested for real in
 //! the dispatch tests and its own unit tests.
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)] // a failed assumption in a test is a failed test
 
 mod common;
 

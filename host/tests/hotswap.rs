@@ -1,5 +1,6 @@
 //! Hot swap: deploys through the registry, the admin API, the watched
 //! directory and `switchyard plugins`, while traffic flows.
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)] // a failed assumption in a test is a failed test
 
 mod common;
 

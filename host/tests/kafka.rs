@@ -7,6 +7,7 @@
 //! every topic and committed offset when the broker restarts, so a restart
 //! cannot be told apart from data loss. The down-at-start check runs against
 //! a port where nothing listens.
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)] // a failed assumption in a test is a failed test
 
 mod conformance;
 

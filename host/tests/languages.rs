@@ -4,6 +4,7 @@
 //! leave the same cache contents behind.
 //!
 //! Needs `make plugins` (which runs `plugins/languages.sh`).
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)] // a failed assumption in a test is a failed test
 
 mod common;
 

@@ -1,6 +1,7 @@
 //! Integration tests against the real MariaDB (or MySQL) on this machine
 //! (`SWITCHYARD_MYSQL_URL`, default `mysql://root@127.0.0.1:3306/test`).
 //! Effects are checked through the test's own sqlx connection.
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)] // a failed assumption in a test is a failed test
 
 mod common;
 

@@ -2,6 +2,7 @@
 //! 127.0.0.1:4222, or `NATS_URL`), plus request and reply. The broker
 //! restart and down-at-start tests run their own `nats-server` on a free
 //! port, so the shared server is never taken away.
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)] // a failed assumption in a test is a failed test
 
 mod conformance;
 
@@ -257,11 +258,11 @@ async fn own_jetstream(name: &str) -> (std::path::PathBuf, OwnServer, JetStream)
 #[tokio::test]
 async fn jetstream_broker_restart() {
     let (dir, server, broker) = own_jetstream("restart").await;
-    let server = std::cell::RefCell::new(server);
+    let server = tokio::sync::Mutex::new(server);
     conformance::broker_restart(&broker, &dir, || async {
-        server.borrow_mut().stop();
+        server.lock().await.stop();
         tokio::time::sleep(Duration::from_secs(1)).await;
-        server.borrow_mut().start().await;
+        server.lock().await.start().await;
     })
     .await;
 }

@@ -1,6 +1,7 @@
 //! Integration tests against the real PostgreSQL on this machine
 //! (`SWITCHYARD_POSTGRES_URL`, default `postgres://postgres@127.0.0.1:5432/test`).
 //! Effects are checked through the test's own sqlx connection.
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)] // a failed assumption in a test is a failed test
 
 mod common;
 

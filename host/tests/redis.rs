@@ -5,6 +5,7 @@
 //! One test stops and restarts this Redis (`redis-cli shutdown nosave`, then
 //! the start command of the machine's setup); a guard restarts it even if the
 //! test fails. Keys carry a unique prefix so runs never collide.
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)] // a failed assumption in a test is a failed test
 
 mod common;
 

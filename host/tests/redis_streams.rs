@@ -1,6 +1,7 @@
 //! The conformance suite on Redis Streams (127.0.0.1:6379, or `REDIS_URL`).
 //! The broker restart and down-at-start tests run their own `redis-server`
 //! on a free port, so the shared server is never taken away.
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)] // a failed assumption in a test is a failed test
 
 mod conformance;
 

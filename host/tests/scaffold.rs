@@ -1,6 +1,7 @@
 //! `switchyard new` in each language: the project it creates builds with the
 //! toolchains `plugins/languages.sh` installs, and passes `switchyard invoke`
 //! as it comes, storing the event and rejecting a malformed one.
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)] // a failed assumption in a test is a failed test
 
 use std::path::Path;
 use std::process::Command;

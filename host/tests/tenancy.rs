@@ -2,6 +2,7 @@
 //! well-behaved tenant next to it. Every attack must fail only its own
 //! message, with the reason in the dead-letter headers, while every message
 //! of the well-behaved tenant is handled.
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)] // a failed assumption in a test is a failed test
 
 mod common;
 

@@ -1,5 +1,6 @@
 //! Helpers shared by the test files.
-#![allow(dead_code)]
+// Test helpers may unwrap and panic: a failed assumption is a failed test.
+#![allow(dead_code, clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
 pub mod conformance;
 pub mod saga;
