@@ -6,8 +6,7 @@
 //! its dead letters and count what it still holds) and calls each check
 //! here. Effects are counted in the host's SQLite database, read directly:
 //! the `record` plugin inserts one row per delivery it handles.
-// Test helpers may unwrap and panic: a failed assumption is a failed test.
-#![allow(dead_code, clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+#![allow(dead_code)]
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::future::Future;
