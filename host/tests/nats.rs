@@ -183,17 +183,11 @@ impl OwnServer {
         panic!("nats-server did not start on {}", self.port);
     }
 
-    fn stop(&mut self) {
+    /// End the server with `signal`: on `TERM` it tells its clients it is
+    /// going; on `KILL` it tells them nothing.
+    fn stop(&mut self, signal: &str) {
         if let Some(mut child) = self.child.take() {
-            let _ = std::process::Command::new("kill").arg(child.id().to_string()).status();
-            let _ = child.wait();
-        }
-    }
-
-    /// Kill the server with SIGKILL: it tells no client anything.
-    fn crash(&mut self) {
-        if let Some(mut child) = self.child.take() {
-            let _ = child.kill();
+            let _ = std::process::Command::new("kill").args(["-s", signal, &child.id().to_string()]).status();
             let _ = child.wait();
         }
     }
@@ -201,7 +195,7 @@ impl OwnServer {
 
 impl Drop for OwnServer {
     fn drop(&mut self) {
-        self.stop();
+        self.stop("TERM");
     }
 }
 
@@ -260,7 +254,7 @@ async fn jetstream_broker_restart() {
     let (dir, server, broker) = own_jetstream("restart").await;
     let server = tokio::sync::Mutex::new(server);
     conformance::broker_restart(&broker, &dir, || async {
-        server.lock().await.stop();
+        server.lock().await.stop("TERM");
         tokio::time::sleep(Duration::from_secs(1)).await;
         server.lock().await.start().await;
     })
@@ -352,7 +346,7 @@ async fn jetstream_pull_lost_with_a_server_restart_is_made_again() {
     conformance::publish_many(&broker, 0, 20, 4, "").await;
     conformance::wait_for(60, "the first 20 messages handled", || async { conformance::distinct_seqs(&host.rows().await).len() == 20 }).await;
     // Idle now, with a pull request open on the server.
-    server.crash();
+    server.stop("KILL");
     tokio::time::sleep(Duration::from_secs(1)).await;
     server.start().await;
     conformance::publish_many(&broker, 20, 20, 4, "").await;

@@ -553,7 +553,10 @@ impl Puller {
                     return Pulled::Retry(format!("cannot request messages: {e}"));
                 }
             }
+            // Replies first: while messages flow, the other two branches are
+            // never polled, so a message registers no waiter and no timer.
             let reply = tokio::select! {
+                biased;
                 reply = self.replies.next() => reply,
                 _ = self.reconnected.notified() => {
                     tracing::info!(subject = %self.subject, "connected again; pulling again");
