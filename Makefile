@@ -21,8 +21,10 @@ run: plugins
 test: plugins
 	cargo test --release
 
-# Every target (library, binary, tests, benches) with warnings as errors.
+# Formatting, then clippy on every target (library, binary, tests, benches)
+# with warnings as errors.
 lint:
+	cargo fmt --all --check
 	cargo clippy --release -p switchyard --all-targets -- -D warnings
 
 bench: plugins

@@ -308,11 +308,17 @@ pub async fn density(plugin: &Path, tenants: usize, distinct: usize) -> Result<D
     }
     let config = tenants_config(variants_dir.path(), &files)?;
     let start = Instant::now();
-    let cold = crate::runtime::registry::Registry::load(&config, Arc::new(Runtime::new(crate::dispatch::runtime_options(&config))?))?;
+    let cold = crate::runtime::registry::Registry::load(
+        &config,
+        Arc::new(Runtime::new(crate::dispatch::runtime_options(&config))?),
+    )?;
     let distinct_cold_s = start.elapsed().as_secs_f64();
     drop(cold);
     let start = Instant::now();
-    let warm = crate::runtime::registry::Registry::load(&config, Arc::new(Runtime::new(crate::dispatch::runtime_options(&config))?))?;
+    let warm = crate::runtime::registry::Registry::load(
+        &config,
+        Arc::new(Runtime::new(crate::dispatch::runtime_options(&config))?),
+    )?;
     let distinct_warm_s = start.elapsed().as_secs_f64();
     let distinct_rss_mib = rss_mib();
     drop(warm);
@@ -375,7 +381,9 @@ pub async fn isolation(
         .collect();
     let attack_count = 600;
     let bad: String = (0..attack_count)
-        .map(|i| format!("{{\"topic\": \"attack\", \"payload\": {{\"attack\": \"{}\"}}}}\n", attacks[i % attacks.len()]))
+        .map(|i| {
+            format!("{{\"topic\": \"attack\", \"payload\": {{\"attack\": \"{}\"}}}}\n", attacks[i % attacks.len()])
+        })
         .collect();
     let write = |name: &str, text: &str| {
         let path = dir.path().join(name);
@@ -471,8 +479,12 @@ fn product_change() -> Message {
 /// Load and run each `(label, .wasm)` on the same product change, `messages`
 /// times each, and report their costs side by side. The handlers must ack it
 /// (the `cache-update` examples do).
-pub async fn languages(handlers: &[(String, std::path::PathBuf)], messages: u32) -> Result<Vec<LanguageReport>, BenchError> {
-    let cache_dir = tempfile::tempdir().map_err(|e| RuntimeError::Engine(format!("cannot create a cache directory: {e}")))?;
+pub async fn languages(
+    handlers: &[(String, std::path::PathBuf)],
+    messages: u32,
+) -> Result<Vec<LanguageReport>, BenchError> {
+    let cache_dir =
+        tempfile::tempdir().map_err(|e| RuntimeError::Engine(format!("cannot create a cache directory: {e}")))?;
     let options = RuntimeOptions { cache_dir: Some(cache_dir.path().to_path_buf()), ..RuntimeOptions::default() };
     let runtime = Runtime::new(options)?;
     let cache: Arc<dyn CacheBackend> = Arc::new(MemoryCache::new(1000));

@@ -22,8 +22,8 @@ use std::time::{Duration, Instant};
 use async_nats::jetstream;
 use futures::StreamExt;
 use lapin::options::{
-    BasicAckOptions, BasicConsumeOptions, BasicPublishOptions, BasicQosOptions, BasicRejectOptions, ConfirmSelectOptions,
-    QueueDeclareOptions, QueueDeleteOptions,
+    BasicAckOptions, BasicConsumeOptions, BasicPublishOptions, BasicQosOptions, BasicRejectOptions,
+    ConfirmSelectOptions, QueueDeclareOptions, QueueDeleteOptions,
 };
 use lapin::types::{AMQPValue, FieldTable};
 use lapin::{BasicProperties, Confirmation, Connection, ConnectionProperties};
@@ -140,7 +140,8 @@ const REDIS: &str = "Redis";
 
 /// Run every broker whose URL was given; one report each.
 pub async fn brokers(options: &BrokersOptions) -> Result<Vec<BrokerReport>, BrokersBenchError> {
-    let plugin = std::fs::canonicalize(&options.plugin).map_err(|e| BrokersBenchError::Io(options.plugin.display().to_string(), e))?;
+    let plugin = std::fs::canonicalize(&options.plugin)
+        .map_err(|e| BrokersBenchError::Io(options.plugin.display().to_string(), e))?;
     let nanos = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_nanos()).unwrap_or(0);
     let tag = format!("{}_{}", std::process::id(), nanos % 1_000_000_000_000);
     let redis = Redis::connect(&options.redis_url).await?;
@@ -191,7 +192,8 @@ enum Handled {
 /// The native counterpart of `plugins/cache-update`: parse, check, and say
 /// which key to set to what (or delete).
 fn native_handle(payload: &[u8]) -> Result<Handled, String> {
-    let serde_json::Value::Object(mut change) = serde_json::from_slice(payload).map_err(|e| format!("malformed product change: {e}"))?
+    let serde_json::Value::Object(mut change) =
+        serde_json::from_slice(payload).map_err(|e| format!("malformed product change: {e}"))?
     else {
         return Err("malformed product change: not a JSON object".into());
     };
@@ -213,7 +215,11 @@ fn native_handle(payload: &[u8]) -> Result<Handled, String> {
 }
 
 /// Parse, write to Redis, and report whether to ack.
-async fn native_effect(mut conn: ::redis::aio::MultiplexedConnection, prefix: &str, payload: &[u8]) -> Result<(), String> {
+async fn native_effect(
+    mut conn: ::redis::aio::MultiplexedConnection,
+    prefix: &str,
+    payload: &[u8],
+) -> Result<(), String> {
     match native_handle(payload)? {
         Handled::Set(key, value) => ::redis::cmd("SET")
             .arg(format!("{prefix}{key}"))
@@ -245,7 +251,10 @@ struct Redis {
 impl Redis {
     async fn connect(url: &str) -> Result<Self, BrokersBenchError> {
         let client = ::redis::Client::open(url).map_err(|e| service(REDIS, format!("url {url:?}"))(e.to_string()))?;
-        let conn = client.get_multiplexed_async_connection().await.map_err(|e| service(REDIS, format!("cannot connect to {url}"))(e.to_string()))?;
+        let conn = client
+            .get_multiplexed_async_connection()
+            .await
+            .map_err(|e| service(REDIS, format!("cannot connect to {url}"))(e.to_string()))?;
         Ok(Self { url: url.to_string(), conn })
     }
 
@@ -360,7 +369,14 @@ fn side(n: usize, elapsed: Duration, keys_found: usize) -> Side {
 
 /// The host's config for one run: `source` (a `[sources.bench]` body), Redis
 /// under `prefix`, and one route to the `cache-update` handler.
-fn host_config(dir: &Path, source: &str, redis_url: &str, prefix: &str, plugin: &Path, concurrency: usize) -> Result<crate::Config, BrokersBenchError> {
+fn host_config(
+    dir: &Path,
+    source: &str,
+    redis_url: &str,
+    prefix: &str,
+    plugin: &Path,
+    concurrency: usize,
+) -> Result<crate::Config, BrokersBenchError> {
     let text = format!(
         "data_dir = \".\"\n\
          [sources.bench]\n{source}\n\
@@ -405,7 +421,8 @@ async fn jetstream_pair(
     redis: &Redis,
     payloads: &Arc<Vec<Vec<u8>>>,
 ) -> Result<BrokerReport, BrokersBenchError> {
-    let client = async_nats::connect(url).await.map_err(|e| service(NATS, format!("cannot connect to {url}"))(e.to_string()))?;
+    let client =
+        async_nats::connect(url).await.map_err(|e| service(NATS, format!("cannot connect to {url}"))(e.to_string()))?;
     let js = jetstream::new(client);
     let n = payloads.len();
     let stream = |side: &str| format!("BENCH_BROKERS_{tag}_{side}").to_uppercase();
@@ -448,10 +465,18 @@ async fn jetstream_pair(
     Ok(BrokerReport { broker: NATS, messages: n, switchyard, native })
 }
 
-async fn preload_jetstream(js: &jetstream::Context, stream: &str, payloads: &[Vec<u8>]) -> Result<(), BrokersBenchError> {
-    js.create_stream(jetstream::stream::Config { name: stream.to_string(), subjects: vec![format!("{stream}.>")], ..Default::default() })
-        .await
-        .map_err(|e| service(NATS, format!("cannot create stream {stream:?}"))(e.to_string()))?;
+async fn preload_jetstream(
+    js: &jetstream::Context,
+    stream: &str,
+    payloads: &[Vec<u8>],
+) -> Result<(), BrokersBenchError> {
+    js.create_stream(jetstream::stream::Config {
+        name: stream.to_string(),
+        subjects: vec![format!("{stream}.>")],
+        ..Default::default()
+    })
+    .await
+    .map_err(|e| service(NATS, format!("cannot create stream {stream:?}"))(e.to_string()))?;
     let subject = format!("{stream}.product.changed");
     for window in payloads.chunks(PRELOAD_WINDOW) {
         let mut acks = Vec::with_capacity(window.len());
@@ -470,14 +495,25 @@ async fn preload_jetstream(js: &jetstream::Context, stream: &str, payloads: &[Ve
 }
 
 /// Nothing pending or unacked on the consumer: every message was acked.
-async fn jetstream_drained(js: &jetstream::Context, stream: &str, consumer: &str, side: &'static str) -> Result<(), BrokersBenchError> {
-    let stream_handle = js.get_stream(stream).await.map_err(|e| service(NATS, format!("stream {stream:?}"))(e.to_string()))?;
-    let mut consumer_handle: jetstream::consumer::PullConsumer =
-        stream_handle.get_consumer(consumer).await.map_err(|e| service(NATS, format!("consumer {consumer:?}"))(e.to_string()))?;
+async fn jetstream_drained(
+    js: &jetstream::Context,
+    stream: &str,
+    consumer: &str,
+    side: &'static str,
+) -> Result<(), BrokersBenchError> {
+    let stream_handle =
+        js.get_stream(stream).await.map_err(|e| service(NATS, format!("stream {stream:?}"))(e.to_string()))?;
+    let mut consumer_handle: jetstream::consumer::PullConsumer = stream_handle
+        .get_consumer(consumer)
+        .await
+        .map_err(|e| service(NATS, format!("consumer {consumer:?}"))(e.to_string()))?;
     // Acks are confirmed one by one on both sides; the info is read once more
     // after a short wait only in case the server is still applying the last.
     for attempt in 0..50 {
-        let info = consumer_handle.info().await.map_err(|e| service(NATS, format!("consumer {consumer:?} info"))(e.to_string()))?;
+        let info = consumer_handle
+            .info()
+            .await
+            .map_err(|e| service(NATS, format!("consumer {consumer:?} info"))(e.to_string()))?;
         if info.num_pending == 0 && info.num_ack_pending == 0 {
             return Ok(());
         }
@@ -485,7 +521,10 @@ async fn jetstream_drained(js: &jetstream::Context, stream: &str, consumer: &str
             return Err(BrokersBenchError::Incomplete {
                 broker: NATS,
                 side,
-                message: format!("{} messages pending and {} unacked on the stream", info.num_pending, info.num_ack_pending),
+                message: format!(
+                    "{} messages pending and {} unacked on the stream",
+                    info.num_pending, info.num_ack_pending
+                ),
             });
         }
         tokio::time::sleep(Duration::from_millis(20)).await;
@@ -497,7 +536,14 @@ async fn jetstream_drained(js: &jetstream::Context, stream: &str, consumer: &str
 /// the host's source configures it, one task per message bounded by a
 /// semaphore, a shared multiplexed Redis connection, and a confirmed ack
 /// after the SET.
-async fn native_jetstream(url: &str, stream: &str, redis_url: &str, prefix: &str, n: usize, concurrency: usize) -> Result<Duration, BrokersBenchError> {
+async fn native_jetstream(
+    url: &str,
+    stream: &str,
+    redis_url: &str,
+    prefix: &str,
+    n: usize,
+    concurrency: usize,
+) -> Result<Duration, BrokersBenchError> {
     let redis = ::redis::Client::open(redis_url)
         .map_err(|e| e.to_string())
         .map_err(service(REDIS, "url"))?
@@ -507,7 +553,8 @@ async fn native_jetstream(url: &str, stream: &str, redis_url: &str, prefix: &str
     let counters = Arc::new(Counters::default());
     let stop = CancellationToken::new();
     let consumer = {
-        let (url, stream, prefix, counters, stop) = (url.to_string(), stream.to_string(), Arc::<str>::from(prefix), counters.clone(), stop.clone());
+        let (url, stream, prefix, counters, stop) =
+            (url.to_string(), stream.to_string(), Arc::<str>::from(prefix), counters.clone(), stop.clone());
         tokio::spawn(async move {
             let client = async_nats::connect(&url).await.map_err(|e| format!("cannot connect: {e}"))?;
             let js = jetstream::new(client.clone());
@@ -566,7 +613,10 @@ async fn native_jetstream(url: &str, stream: &str, redis_url: &str, prefix: &str
             Ok::<(), String>(())
         })
     };
-    let elapsed = wait_for(NATS, "native", n, || (counters.acked.load(Ordering::Relaxed), counters.failed.load(Ordering::Relaxed))).await;
+    let elapsed = wait_for(NATS, "native", n, || {
+        (counters.acked.load(Ordering::Relaxed), counters.failed.load(Ordering::Relaxed))
+    })
+    .await;
     stop.cancel();
     match consumer.await {
         Ok(Err(e)) => return Err(service(NATS, "native consumer")(e)),
@@ -589,7 +639,8 @@ async fn amqp_pair(
     let connection = Connection::connect(url, ConnectionProperties::default())
         .await
         .map_err(|e| service(AMQP, format!("cannot connect to {}", crate::sources::redact(url)))(e.to_string()))?;
-    let channel = connection.create_channel().await.map_err(|e| service(AMQP, "cannot open a channel")(e.to_string()))?;
+    let channel =
+        connection.create_channel().await.map_err(|e| service(AMQP, "cannot open a channel")(e.to_string()))?;
     channel
         .confirm_select(ConfirmSelectOptions::default())
         .await
@@ -683,7 +734,11 @@ async fn amqp_drained(channel: &lapin::Channel, queue: &str, side: &'static str)
             return Err(BrokersBenchError::Incomplete {
                 broker: AMQP,
                 side,
-                message: format!("{} messages left in the queue, {} consumers still on it", q.message_count(), q.consumer_count()),
+                message: format!(
+                    "{} messages left in the queue, {} consumers still on it",
+                    q.message_count(),
+                    q.consumer_count()
+                ),
             });
         }
         tokio::time::sleep(Duration::from_millis(20)).await;
@@ -694,7 +749,14 @@ async fn amqp_drained(channel: &lapin::Channel, queue: &str, side: &'static str)
 /// The hand-written RabbitMQ consumer: manual acks with the prefetch the
 /// host's source uses, one task per delivery bounded by a semaphore, a shared
 /// multiplexed Redis connection, and `basic.ack` after the SET.
-async fn native_amqp(url: &str, queue: &str, redis_url: &str, prefix: &str, n: usize, concurrency: usize) -> Result<Duration, BrokersBenchError> {
+async fn native_amqp(
+    url: &str,
+    queue: &str,
+    redis_url: &str,
+    prefix: &str,
+    n: usize,
+    concurrency: usize,
+) -> Result<Duration, BrokersBenchError> {
     let redis = ::redis::Client::open(redis_url)
         .map_err(|e| e.to_string())
         .map_err(service(REDIS, "url"))?
@@ -704,14 +766,25 @@ async fn native_amqp(url: &str, queue: &str, redis_url: &str, prefix: &str, n: u
     let counters = Arc::new(Counters::default());
     let stop = CancellationToken::new();
     let consumer = {
-        let (url, queue, prefix, counters, stop) = (url.to_string(), queue.to_string(), Arc::<str>::from(prefix), counters.clone(), stop.clone());
+        let (url, queue, prefix, counters, stop) =
+            (url.to_string(), queue.to_string(), Arc::<str>::from(prefix), counters.clone(), stop.clone());
         tokio::spawn(async move {
-            let connection = Connection::connect(&url, ConnectionProperties::default()).await.map_err(|e| format!("cannot connect: {e}"))?;
+            let connection = Connection::connect(&url, ConnectionProperties::default())
+                .await
+                .map_err(|e| format!("cannot connect: {e}"))?;
             let channel = connection.create_channel().await.map_err(|e| format!("cannot open a channel: {e}"))?;
             let prefetch = concurrency.saturating_mul(2).clamp(1, u16::MAX as usize) as u16;
-            channel.basic_qos(prefetch, BasicQosOptions::default()).await.map_err(|e| format!("cannot set the prefetch: {e}"))?;
+            channel
+                .basic_qos(prefetch, BasicQosOptions::default())
+                .await
+                .map_err(|e| format!("cannot set the prefetch: {e}"))?;
             let mut deliveries = channel
-                .basic_consume(queue.as_str().into(), "bench-native".into(), BasicConsumeOptions::default(), FieldTable::default())
+                .basic_consume(
+                    queue.as_str().into(),
+                    "bench-native".into(),
+                    BasicConsumeOptions::default(),
+                    FieldTable::default(),
+                )
                 .await
                 .map_err(|e| format!("cannot consume {queue:?}: {e}"))?;
             let in_flight = Arc::new(Semaphore::new(concurrency));
@@ -751,7 +824,10 @@ async fn native_amqp(url: &str, queue: &str, redis_url: &str, prefix: &str, n: u
             Ok::<(), String>(())
         })
     };
-    let elapsed = wait_for(AMQP, "native", n, || (counters.acked.load(Ordering::Relaxed), counters.failed.load(Ordering::Relaxed))).await;
+    let elapsed = wait_for(AMQP, "native", n, || {
+        (counters.acked.load(Ordering::Relaxed), counters.failed.load(Ordering::Relaxed))
+    })
+    .await;
     stop.cancel();
     match consumer.await {
         Ok(Err(e)) => return Err(service(AMQP, "native consumer")(e)),
@@ -786,6 +862,8 @@ mod tests {
         assert!(native_handle(b"[1]").is_err());
         assert!(native_handle(br#"{"id": ""}"#).is_err());
         assert!(native_handle(br#"{"id": "p", "deleted": 1}"#).is_err());
-        assert!(matches!(native_handle(br#"{"id": "p", "deleted": true}"#), Ok(Handled::Delete(k)) if k == "product:p"));
+        assert!(
+            matches!(native_handle(br#"{"id": "p", "deleted": true}"#), Ok(Handled::Delete(k)) if k == "product:p")
+        );
     }
 }

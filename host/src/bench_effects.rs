@@ -138,7 +138,12 @@ async fn redis_set(url: &str, options: &EffectsOptions, tag: &str) -> Result<Com
     let multiplexed = concurrently(options.ops, options.concurrency, |i| {
         let (mut conn, key, value) = (conn.clone(), format!("{prefix}m{i}"), value.clone());
         async move {
-            ::redis::cmd("SET").arg(key).arg(value).query_async::<()>(&mut conn).await.map_err(|e| BackendError::Unavailable(e.to_string()))
+            ::redis::cmd("SET")
+                .arg(key)
+                .arg(value)
+                .query_async::<()>(&mut conn)
+                .await
+                .map_err(|e| BackendError::Unavailable(e.to_string()))
         }
     })
     .await
@@ -154,7 +159,8 @@ async fn redis_set(url: &str, options: &EffectsOptions, tag: &str) -> Result<Com
     .map_err(failed("redis backend SET"))?;
 
     let mut cleanup = conn.clone();
-    let keys: Vec<String> = ::redis::cmd("KEYS").arg(format!("{prefix}*")).query_async(&mut cleanup).await.unwrap_or_default();
+    let keys: Vec<String> =
+        ::redis::cmd("KEYS").arg(format!("{prefix}*")).query_async(&mut cleanup).await.unwrap_or_default();
     for chunk in keys.chunks(1000) {
         let _ = ::redis::cmd("DEL").arg(chunk).query_async::<i64>(&mut cleanup).await;
     }
@@ -230,7 +236,10 @@ async fn inserts(
     let _ = db.execute(&format!("DROP TABLE {table}"), Vec::new()).await;
     let expected = Value::Int((options.single_ops + options.ops) as i64);
     if count.rows.first().and_then(|r| r.first()) != Some(&expected) {
-        return Err(failed("count")(BackendError::Invalid(format!("expected {expected:?} rows, found {:?}", count.rows))));
+        return Err(failed("count")(BackendError::Invalid(format!(
+            "expected {expected:?} rows, found {:?}",
+            count.rows
+        ))));
     }
     Ok(Comparison {
         workload: workload.into(),

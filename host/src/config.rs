@@ -520,8 +520,8 @@ impl Config {
     /// Read, parse and check a config file. Relative paths in it become
     /// relative to the file's directory.
     pub fn load(path: &Path) -> Result<Self, ConfigError> {
-        let text = std::fs::read_to_string(path)
-            .map_err(|source| ConfigError::Read { path: path.to_path_buf(), source })?;
+        let text =
+            std::fs::read_to_string(path).map_err(|source| ConfigError::Read { path: path.to_path_buf(), source })?;
         let mut config = Self::parse(path, &text)?;
         let base = path.parent().map(Path::to_path_buf).unwrap_or_default();
         config.resolve_paths(&base);
@@ -537,15 +537,19 @@ impl Config {
     }
 
     fn validate(&self, path: &Path) -> Result<(), ConfigError> {
-        let invalid = |field: String, message: String| ConfigError::Invalid { path: path.to_path_buf(), field, message };
+        let invalid =
+            |field: String, message: String| ConfigError::Invalid { path: path.to_path_buf(), field, message };
         for (name, source) in &self.sources {
             if name == "local" {
-                return Err(invalid(format!("sources.{name}"), "the name `local` is reserved for the loopback source".into()));
+                return Err(invalid(
+                    format!("sources.{name}"),
+                    "the name `local` is reserved for the loopback source".into(),
+                ));
             }
             if let SourceConfig::Http { listen, .. } = source {
-                listen
-                    .parse::<std::net::SocketAddr>()
-                    .map_err(|e| invalid(format!("sources.{name}.listen"), format!("{listen:?} is not an address: {e}")))?;
+                listen.parse::<std::net::SocketAddr>().map_err(|e| {
+                    invalid(format!("sources.{name}.listen"), format!("{listen:?} is not an address: {e}"))
+                })?;
             }
         }
         let check_limits = |field: String, limits: &Limits| {
@@ -652,7 +656,9 @@ impl Config {
     /// The dead-letter file of an embedded source.
     pub fn dead_letter_path(&self, source: &str) -> PathBuf {
         let configured = match self.sources.get(source) {
-            Some(SourceConfig::File { dead_letter, .. } | SourceConfig::Http { dead_letter, .. }) => dead_letter.clone(),
+            Some(SourceConfig::File { dead_letter, .. } | SourceConfig::Http { dead_letter, .. }) => {
+                dead_letter.clone()
+            }
             _ => None,
         };
         configured.unwrap_or_else(|| self.data_dir.join("dead-letter").join(format!("{source}.jsonl")))

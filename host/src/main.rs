@@ -238,7 +238,6 @@ enum PluginsAction {
     },
 }
 
-
 fn parse_header(s: &str) -> Result<(String, String), String> {
     let (name, value) = s.split_once('=').ok_or_else(|| format!("header {s:?} is not name=value"))?;
     Ok((name.to_string(), value.to_string()))
@@ -298,7 +297,10 @@ async fn dispatch_command(command: Command) -> anyhow::Result<std::process::Exit
             let project = switchyard::scaffold::create(language, &name, &dir)?;
             println!("created {}", project.dir.display());
             println!("build:  cd {} && {}", project.dir.display(), project.build);
-            println!("try:    switchyard invoke {} --payload '{{\"id\": \"1\"}}'", project.dir.join(&project.wasm).display());
+            println!(
+                "try:    switchyard invoke {} --payload '{{\"id\": \"1\"}}'",
+                project.dir.join(&project.wasm).display()
+            );
             Ok(std::process::ExitCode::SUCCESS)
         }
         Command::Search { config, index, query, limit } => {
@@ -431,7 +433,11 @@ async fn invoke(
         "data_dir": data_dir.display().to_string(),
     });
     println!("{}", serde_json::to_string_pretty(&report)?);
-    Ok(if invocation.outcome == Outcome::Ok { std::process::ExitCode::SUCCESS } else { std::process::ExitCode::from(2) })
+    Ok(if invocation.outcome == Outcome::Ok {
+        std::process::ExitCode::SUCCESS
+    } else {
+        std::process::ExitCode::from(2)
+    })
 }
 
 async fn bench(what: BenchWhat) -> anyhow::Result<std::process::ExitCode> {
@@ -440,7 +446,11 @@ async fn bench(what: BenchWhat) -> anyhow::Result<std::process::ExitCode> {
             let r = switchyard::bench::dispatch(&plugin, messages).await?;
             println!("dispatch benchmark: {} messages each, trivial handler {}", r.messages, plugin.display());
             println!("  native Rust function          {:>10.1} ns/msg", r.native_ns);
-            println!("  switchyard, fresh instance    {:>10.1} ns/msg   ratio {:.0}x native", r.wasm_ns, r.wasm_ns / r.native_ns.max(0.001));
+            println!(
+                "  switchyard, fresh instance    {:>10.1} ns/msg   ratio {:.0}x native",
+                r.wasm_ns,
+                r.wasm_ns / r.native_ns.max(0.001)
+            );
             println!("    of which store + host state {:>10.1} ns/msg", r.store_ns);
             println!("    of which instantiate        {:>10.1} ns/msg", r.instantiate_ns - r.store_ns);
             println!("    of which call and limits    {:>10.1} ns/msg", r.wasm_ns - r.instantiate_ns);
@@ -487,7 +497,10 @@ async fn bench(what: BenchWhat) -> anyhow::Result<std::process::ExitCode> {
             for r in &reports {
                 println!(
                     "  {:<16} {:>10.0} msg/s {:>10.0} msg/s {:>18.2}",
-                    r.broker, r.switchyard.rate, r.native.rate, r.ratio()
+                    r.broker,
+                    r.switchyard.rate,
+                    r.native.rate,
+                    r.ratio()
                 );
             }
             for r in &reports {
@@ -516,7 +529,12 @@ async fn bench(what: BenchWhat) -> anyhow::Result<std::process::ExitCode> {
         }
         BenchWhat::Isolation { good, hostile, messages, attacks, rounds } => {
             let r = switchyard::bench::isolation(&good, &hostile, messages, &attacks, rounds).await?;
-            println!("isolation benchmark: {} messages of a well-behaved tenant per run, {} attacks ({}) per attacked run", r.messages, r.attacks, attacks.join(", "));
+            println!(
+                "isolation benchmark: {} messages of a well-behaved tenant per run, {} attacks ({}) per attacked run",
+                r.messages,
+                r.attacks,
+                attacks.join(", ")
+            );
             println!("  round      alone msg/s   attacked msg/s   ratio");
             for (i, (alone, attacked)) in r.rounds.iter().enumerate() {
                 println!("  {:>5}   {:>12.0}   {:>14.0}   {:>5.2}", i + 1, alone, attacked, attacked / alone.max(1e-9));

@@ -39,9 +39,7 @@ impl std::str::FromStr for Language {
 #[derive(Debug, thiserror::Error)]
 pub enum ScaffoldError {
     /// The name cannot be a handler name.
-    #[error(
-        "handler name {0:?} is not usable: use lowercase letters, digits and dashes, starting with a letter"
-    )]
+    #[error("handler name {0:?} is not usable: use lowercase letters, digits and dashes, starting with a letter")]
     BadName(String),
     /// The directory is there already and not empty.
     #[error("cannot create handler project {0}: the directory exists and is not empty")]
@@ -106,7 +104,10 @@ pub fn create(language: Language, name: &str, parent: &Path) -> Result<Project, 
         Language::Python => (
             vec![
                 ("app.py", fill(include_str!("../templates/python/app.py"))),
-                ("switchyard_helpers.py", include_str!("../../plugins/cache-update-py/switchyard_helpers.py").to_string()),
+                (
+                    "switchyard_helpers.py",
+                    include_str!("../../plugins/cache-update-py/switchyard_helpers.py").to_string(),
+                ),
                 ("build.sh", fill(include_str!("../templates/python/build.sh"))),
                 ("wit/handler.wit", WIT.to_string()),
             ],

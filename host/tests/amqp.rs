@@ -100,12 +100,8 @@ impl Broker for Rabbit {
     async fn dead_letters(&self) -> Vec<DeadLetter> {
         let dlq = format!("{}.dead-letter", self.queue);
         loop {
-            let got = self
-                .channel()
-                .await
-                .basic_get(dlq.as_str().into(), BasicGetOptions { no_ack: true })
-                .await
-                .unwrap();
+            let got =
+                self.channel().await.basic_get(dlq.as_str().into(), BasicGetOptions { no_ack: true }).await.unwrap();
             let Some(m) = got else { break };
             let headers = m
                 .delivery

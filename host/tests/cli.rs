@@ -76,11 +76,7 @@ fn invoke_prints_the_outcome_and_every_effect() {
 
 #[test]
 fn invoke_shows_a_reject_and_exits_non_zero() {
-    let out = switchyard()
-        .args(["invoke", "--payload", "not json"])
-        .arg(plugin("cache_update"))
-        .output()
-        .unwrap();
+    let out = switchyard().args(["invoke", "--payload", "not json"]).arg(plugin("cache_update")).output().unwrap();
     assert_eq!(out.status.code(), Some(2));
     let report: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
     assert_eq!(report["result"]["outcome"], "reject");

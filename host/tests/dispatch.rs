@@ -14,8 +14,8 @@ use std::time::Duration;
 
 use common::{plugin, read_dead_letters, run_host, started_host};
 use switchyard::Config;
-use switchyard::capabilities::search::SearchBackend;
 use switchyard::capabilities::backends::tantivy::TantivySearch;
+use switchyard::capabilities::search::SearchBackend;
 use switchyard::runtime::{LoadError, Runtime, RuntimeOptions};
 
 #[tokio::test]
@@ -37,7 +37,8 @@ async fn quickstart_messages_reach_the_cache_the_database_and_the_index() {
     assert_eq!(backends.cache.get("product:p3").await.unwrap(), None, "p3 was deleted by a later message");
 
     // order-insert: rows in SQLite, read through a separate connection.
-    let db = sqlx::SqlitePool::connect(&format!("sqlite:{}", dir.path().join("switchyard.db").display())).await.unwrap();
+    let db =
+        sqlx::SqlitePool::connect(&format!("sqlite:{}", dir.path().join("switchyard.db").display())).await.unwrap();
     let (orders,): (i64,) = sqlx::query_as("SELECT count(*) FROM orders").fetch_one(&db).await.unwrap();
     assert_eq!(orders, 30);
     let (customer, total): (String, f64) =
@@ -126,7 +127,11 @@ async fn every_failure_mode_fails_only_its_own_message() {
         ("oom", "gave up after 3 attempts: handler exceeded its memory limit of 16 MiB", "3"),
         ("recurse", "gave up after 3 attempts: handler trapped", "3"),
         ("not-json", "rejected: payload is not a fault request", "1"),
-        ("denied", "rejected: cache set other:x: CapabilityError::Denied(\"cache key \\\"other:x\\\" is outside the tenant's prefixes", "1"),
+        (
+            "denied",
+            "rejected: cache set other:x: CapabilityError::Denied(\"cache key \\\"other:x\\\" is outside the tenant's prefixes",
+            "1",
+        ),
     ];
     for (id, reason, attempts) in expect {
         let (got, got_attempts) = reason_of(id);
@@ -150,7 +155,10 @@ async fn every_failure_mode_fails_only_its_own_message() {
 #[tokio::test]
 async fn an_oversize_message_is_dead_lettered_without_running() {
     let dir = tempfile::tempdir().unwrap();
-    let big = format!(r#"{{"topic": "f", "id": "big", "payload": {{"mode": "cache", "key": "faults:big", "pad": "{}"}}}}"#, "x".repeat(5000));
+    let big = format!(
+        r#"{{"topic": "f", "id": "big", "payload": {{"mode": "cache", "key": "faults:big", "pad": "{}"}}}}"#,
+        "x".repeat(5000)
+    );
     let lines = [big.as_str(), r#"{"topic": "f", "id": "small", "payload": {"mode": "cache", "key": "faults:small"}}"#];
     let config = common::config_with_file(dir.path(), FAULTS, "faults", &lines);
     let (stats, backends) = run_host(&config).await;
@@ -177,7 +185,8 @@ async fn a_malformed_line_is_dead_lettered_and_the_rest_flow() {
     assert_eq!(stats.handled, 1);
     assert!(backends.cache.get("faults:fine").await.unwrap().is_some());
     let dead = read_dead_letters(&dir.path().join("dead-letter/in.jsonl"));
-    let reasons: Vec<String> = dead.iter().map(|d| common::header(d, "switchyard-dead-letter-reason").unwrap()).collect();
+    let reasons: Vec<String> =
+        dead.iter().map(|d| common::header(d, "switchyard-dead-letter-reason").unwrap()).collect();
     assert_eq!(reasons.len(), 2);
     assert!(reasons[0].starts_with("line 1 is not a message"), "{reasons:?}");
     assert!(reasons[1].contains("unknown field `colour`"), "{reasons:?}");
@@ -198,7 +207,11 @@ async fn a_restart_resumes_after_the_checkpoint_and_reuses_compiled_code() {
 
     // Two more lines arrive; the second run handles only those.
     let mut file = std::fs::OpenOptions::new().append(true).open(dir.path().join("in.jsonl")).unwrap();
-    std::io::Write::write_all(&mut file, b"{\"topic\": \"f\", \"payload\": {\"mode\": \"ok\"}}\n{\"topic\": \"f\", \"payload\": {\"mode\": \"ok\"}}\n").unwrap();
+    std::io::Write::write_all(
+        &mut file,
+        b"{\"topic\": \"f\", \"payload\": {\"mode\": \"ok\"}}\n{\"topic\": \"f\", \"payload\": {\"mode\": \"ok\"}}\n",
+    )
+    .unwrap();
     let (second, _) = run_host(&config).await;
     assert_eq!(second.handled, 2);
 
@@ -236,7 +249,8 @@ async fn http_source_answers_with_the_outcome() {
     let url = format!("http://127.0.0.1:{port}/topics/f");
     common::wait_for_port(port).await;
 
-    let (status, body) = common::post(&url, &[("x-switchyard-id", "h1")], br#"{"mode": "cache", "key": "faults:http"}"#).await;
+    let (status, body) =
+        common::post(&url, &[("x-switchyard-id", "h1")], br#"{"mode": "cache", "key": "faults:http"}"#).await;
     assert_eq!(status, 200, "{body}");
     assert!(body.contains(r#""outcome":"handled""#), "{body}");
     assert!(backends.cache.get("faults:http").await.unwrap().is_some());
@@ -299,7 +313,9 @@ fn a_bad_handler_in_config_names_the_tenant_and_handler() {
     let mut config: Config = config;
     config.tenants.get_mut("t").unwrap().handlers.get_mut("faults").unwrap().wasm = dir.path().join("bad.wasm");
     let runtime = Arc::new(Runtime::new(RuntimeOptions::default()).unwrap());
-    let Err(err) = switchyard::dispatch::load_handlers(&config, &runtime) else { panic!("a core module must be refused") };
+    let Err(err) = switchyard::dispatch::load_handlers(&config, &runtime) else {
+        panic!("a core module must be refused")
+    };
     let err = err.to_string();
     assert!(err.contains("tenant \"t\" handler \"faults\""), "{err}");
     assert!(err.contains("core WebAssembly module"), "{err}");

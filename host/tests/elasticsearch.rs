@@ -45,7 +45,10 @@ async fn bulk(State(server): State<Shared>, body: String) -> impl IntoResponse {
     let mut errors = false;
     while let Some(line) = lines.next() {
         let Ok(Value::Object(action)) = serde_json::from_str::<Value>(line) else {
-            return (StatusCode::BAD_REQUEST, Json(json!({"error": {"type": "parse_exception", "reason": "bad action line"}, "status": 400})));
+            return (
+                StatusCode::BAD_REQUEST,
+                Json(json!({"error": {"type": "parse_exception", "reason": "bad action line"}, "status": 400})),
+            );
         };
         let Some((kind, meta)) = action.into_iter().next() else { continue };
         server.bulk_items.fetch_add(1, Ordering::Relaxed);
@@ -87,11 +90,21 @@ async fn bulk(State(server): State<Shared>, body: String) -> impl IntoResponse {
 async fn search(State(server): State<Shared>, Path(index): Path<String>, Json(body): Json<Value>) -> impl IntoResponse {
     let indexes = server.indexes.lock().unwrap();
     let Some(docs) = indexes.get(&index) else {
-        return (StatusCode::NOT_FOUND, Json(json!({"error": {"type": "index_not_found_exception", "reason": format!("no such index [{index}]")}, "status": 404})));
+        return (
+            StatusCode::NOT_FOUND,
+            Json(
+                json!({"error": {"type": "index_not_found_exception", "reason": format!("no such index [{index}]")}, "status": 404}),
+            ),
+        );
     };
     let query = body["query"]["query_string"]["query"].as_str().unwrap_or_default().to_lowercase();
     if query.matches('(').count() != query.matches(')').count() {
-        return (StatusCode::BAD_REQUEST, Json(json!({"error": {"type": "query_shard_exception", "reason": format!("Failed to parse query [{query}]")}, "status": 400})));
+        return (
+            StatusCode::BAD_REQUEST,
+            Json(
+                json!({"error": {"type": "query_shard_exception", "reason": format!("Failed to parse query [{query}]")}, "status": 400}),
+            ),
+        );
     }
     let words = |v: &Value| -> Vec<String> {
         v.as_str().map(|s| s.to_lowercase().split_whitespace().map(str::to_string).collect()).unwrap_or_default()
@@ -111,8 +124,11 @@ async fn search(State(server): State<Shared>, Path(index): Path<String>, Json(bo
         .collect();
     hits.sort_by(|a, b| b.0.total_cmp(&a.0).then(a.1.cmp(b.1)));
     let size = body["size"].as_u64().unwrap_or(10) as usize;
-    let hits: Vec<Value> =
-        hits.into_iter().take(size).map(|(score, id, doc)| json!({"_index": index, "_id": id, "_score": score, "_source": doc})).collect();
+    let hits: Vec<Value> = hits
+        .into_iter()
+        .take(size)
+        .map(|(score, id, doc)| json!({"_index": index, "_id": id, "_score": score, "_source": doc}))
+        .collect();
     (StatusCode::OK, Json(json!({"took": 1, "hits": {"total": {"value": hits.len()}, "hits": hits}})))
 }
 
@@ -143,7 +159,13 @@ async fn start_test_server() -> (String, Shared) {
 }
 
 fn options(url: &str) -> ElasticsearchOptions {
-    ElasticsearchOptions { url: url.into(), credentials: None, refresh: false, timeout: Duration::from_secs(5), max_batch: 1000 }
+    ElasticsearchOptions {
+        url: url.into(),
+        credentials: None,
+        refresh: false,
+        timeout: Duration::from_secs(5),
+        max_batch: 1000,
+    }
 }
 
 fn doc(v: Value) -> Map<String, Value> {
@@ -157,7 +179,11 @@ async fn concurrent_calls_go_out_as_bulk_and_a_refused_item_fails_only_its_calle
     let calls: Vec<_> = (0..200)
         .map(|i| {
             let search = search.clone();
-            let body = if i == 42 { json!({"name": "bad", "fail_with": true}) } else { json!({"name": format!("widget w{i}")}) };
+            let body = if i == 42 {
+                json!({"name": "bad", "fail_with": true})
+            } else {
+                json!({"name": format!("widget w{i}")})
+            };
             tokio::spawn(async move { search.index("products", &format!("p{i}"), doc(body)).await })
         })
         .collect();
@@ -238,11 +264,21 @@ async fn search_index_handler_indexes_through_bulk() {
         "#
     );
     let mut lines: Vec<String> = (0..100)
-        .map(|i| format!(r#"{{"topic": "order.recorded", "key": "o{i}", "payload": {{"id": "o{i}", "customer": "c{}"}}}}"#, i % 7))
+        .map(|i| {
+            format!(
+                r#"{{"topic": "order.recorded", "key": "o{i}", "payload": {{"id": "o{i}", "customer": "c{}"}}}}"#,
+                i % 7
+            )
+        })
         .collect();
     lines.push(r#"{"topic": "order.recorded", "id": "bad", "payload": {"id": "o-bad", "fail_with": "x"}}"#.into());
     lines.push(r#"{"topic": "order.recorded", "key": "o3", "payload": {"id": "o3", "deleted": true}}"#.into());
-    let config = common::config_with_file(dir.path(), &template, "search_index", &lines.iter().map(String::as_str).collect::<Vec<_>>());
+    let config = common::config_with_file(
+        dir.path(),
+        &template,
+        "search_index",
+        &lines.iter().map(String::as_str).collect::<Vec<_>>(),
+    );
     let (stats, _) = common::run_host(&config).await;
     assert_eq!((stats.handled, stats.dead_lettered), (101, 1), "{stats:?}");
     let indexes = server.indexes.lock().unwrap();

@@ -39,7 +39,8 @@ const SWAP: &str = r#"
 "#;
 
 fn swap_config(dir: &Path, extra: &str) -> Config {
-    let text = format!("data_dir = \".\"\n{}\n{extra}", SWAP.replace("WASM", &plugin("version_a").display().to_string()));
+    let text =
+        format!("data_dir = \".\"\n{}\n{extra}", SWAP.replace("WASM", &plugin("version_a").display().to_string()));
     std::fs::write(dir.join("in.jsonl"), "").unwrap();
     let path = dir.join("switchyard.toml");
     std::fs::write(&path, text).unwrap();
@@ -94,7 +95,8 @@ async fn twenty_deploys_under_load_lose_nothing_and_run_nothing_twice() {
     let summary = task.await.unwrap();
     assert_eq!((summary.handled, summary.dead_lettered, summary.retried), ((DEPLOYS * 2 * HALF) as u64, 0, 0));
 
-    let db = sqlx::SqlitePool::connect(&format!("sqlite:{}", dir.path().join("switchyard.db").display())).await.unwrap();
+    let db =
+        sqlx::SqlitePool::connect(&format!("sqlite:{}", dir.path().join("switchyard.db").display())).await.unwrap();
     let rows: Vec<(String, String)> = sqlx::query_as("SELECT id, version FROM runs").fetch_all(&db).await.unwrap();
     let mut runs: HashMap<String, Vec<String>> = HashMap::new();
     for (id, version) in rows {
@@ -198,14 +200,19 @@ async fn the_admin_api_deploys_lists_rolls_back_and_refuses_bad_versions() {
 
     // Metrics and probes need no token.
     let metrics = call("GET", "/metrics".into(), None, vec![]).await;
-    assert!(metrics.body.contains("switchyard_messages_handled_total{tenant=\"t\",handler=\"h\"} 30"), "{}", metrics.body);
+    assert!(
+        metrics.body.contains("switchyard_messages_handled_total{tenant=\"t\",handler=\"h\"} 30"),
+        "{}",
+        metrics.body
+    );
     assert!(metrics.body.contains("switchyard_handler_duration_seconds_count{tenant=\"t\",handler=\"h\"} 30"));
     assert_eq!(call("GET", "/healthz".into(), None, vec![]).await.status, 200);
     assert_eq!(call("GET", "/readyz".into(), None, vec![]).await.status, 200);
     shutdown.cancel();
     task.await.unwrap();
 
-    let db = sqlx::SqlitePool::connect(&format!("sqlite:{}", dir.path().join("switchyard.db").display())).await.unwrap();
+    let db =
+        sqlx::SqlitePool::connect(&format!("sqlite:{}", dir.path().join("switchyard.db").display())).await.unwrap();
     let rows: Vec<(String, String)> = sqlx::query_as("SELECT id, version FROM runs").fetch_all(&db).await.unwrap();
     let by_id: HashMap<String, String> = rows.into_iter().collect();
     assert_eq!(by_id.len(), 30);
@@ -240,7 +247,8 @@ async fn a_file_dropped_in_the_watched_directory_is_deployed() {
     wait_handled(&stats, 5).await;
     shutdown.cancel();
     task.await.unwrap();
-    let db = sqlx::SqlitePool::connect(&format!("sqlite:{}", dir.path().join("switchyard.db").display())).await.unwrap();
+    let db =
+        sqlx::SqlitePool::connect(&format!("sqlite:{}", dir.path().join("switchyard.db").display())).await.unwrap();
     let versions: Vec<(String,)> = sqlx::query_as("SELECT DISTINCT version FROM runs").fetch_all(&db).await.unwrap();
     assert_eq!(versions, vec![("b".to_string(),)]);
 }
@@ -276,7 +284,11 @@ fn switchyard_plugins_deploys_lists_and_rolls_back_a_running_host() {
     assert!(out.status.success());
     let out = plugins(&["deploy", "t", "h", plugin("wrong_world").to_str().unwrap()]);
     assert!(!out.status.success(), "a refused deploy must exit non-zero");
-    assert!(String::from_utf8_lossy(&out.stdout).contains("does not export"), "{}", String::from_utf8_lossy(&out.stdout));
+    assert!(
+        String::from_utf8_lossy(&out.stdout).contains("does not export"),
+        "{}",
+        String::from_utf8_lossy(&out.stdout)
+    );
     let out = Command::new(env!("CARGO_BIN_EXE_switchyard"))
         .args(["plugins", "--admin", &format!("http://127.0.0.1:{port}"), "list"])
         .env_remove("SWITCHYARD_TOKEN")

@@ -79,15 +79,20 @@ impl Kafka {
         }
         t.partitions()
             .iter()
-            .filter_map(|p| consumer.fetch_watermarks(topic, p.id(), TIMEOUT).ok().map(|(low, high)| (p.id(), low, high)))
+            .filter_map(|p| {
+                consumer.fetch_watermarks(topic, p.id(), TIMEOUT).ok().map(|(low, high)| (p.id(), low, high))
+            })
             .collect()
     }
 }
 
 /// Every record of `topic`, read from the start to the current end.
 fn read_all(consumer: &BaseConsumer, topic: &str) -> Vec<DeadLetter> {
-    let ends: HashMap<i32, i64> =
-        Kafka::watermarks(consumer, topic).into_iter().filter(|(_, low, high)| high > low).map(|(p, _, high)| (p, high)).collect();
+    let ends: HashMap<i32, i64> = Kafka::watermarks(consumer, topic)
+        .into_iter()
+        .filter(|(_, low, high)| high > low)
+        .map(|(p, _, high)| (p, high))
+        .collect();
     if ends.is_empty() {
         return Vec::new();
     }
@@ -105,7 +110,11 @@ fn read_all(consumer: &BaseConsumer, topic: &str) -> Vec<DeadLetter> {
         let m = m.unwrap();
         let headers = m
             .headers()
-            .map(|hs| hs.iter().map(|h| (h.key.to_string(), String::from_utf8_lossy(h.value.unwrap_or_default()).into_owned())).collect())
+            .map(|hs| {
+                hs.iter()
+                    .map(|h| (h.key.to_string(), String::from_utf8_lossy(h.value.unwrap_or_default()).into_owned()))
+                    .collect()
+            })
             .unwrap_or_default();
         records.push(DeadLetter { payload: m.payload().unwrap_or_default().to_vec(), headers });
         if m.offset() + 1 >= ends[&m.partition()] {
@@ -129,7 +138,11 @@ impl Broker for Kafka {
         if let Some(key) = key {
             record = record.key(key);
         }
-        self.producer.send(record, TIMEOUT).await.map_err(|(e, _)| e).unwrap_or_else(|e| panic!("cannot publish to {}: {e}", self.topic));
+        self.producer
+            .send(record, TIMEOUT)
+            .await
+            .map_err(|(e, _)| e)
+            .unwrap_or_else(|e| panic!("cannot publish to {}: {e}", self.topic));
     }
 
     async fn dead_letters(&self) -> Vec<DeadLetter> {
@@ -251,7 +264,12 @@ async fn publisher_produces_to_the_topic() {
     let (_source, publisher) = switchyard::sources::kafka::build("out", &config, 1);
     let missing = unique("missing-topic");
     let err = publisher
-        .publish(vec![Outgoing { destination: missing.clone(), payload: b"x".to_vec(), headers: Vec::new(), key: None }])
+        .publish(vec![Outgoing {
+            destination: missing.clone(),
+            payload: b"x".to_vec(),
+            headers: Vec::new(),
+            key: None,
+        }])
         .await
         .unwrap_err()
         .to_string();

@@ -20,8 +20,12 @@ use switchyard::config::{Config, Limits};
 use switchyard::runtime::bindings::Message;
 use switchyard::runtime::{InvokeContext, Outcome, Plugin, Runtime, RuntimeOptions};
 
-const LANGUAGES: [(&str, &str); 4] =
-    [("rust", "cache_update"), ("python", "cache_update_py"), ("javascript", "cache_update_js"), ("c", "cache_update_c")];
+const LANGUAGES: [(&str, &str); 4] = [
+    ("rust", "cache_update"),
+    ("python", "cache_update_py"),
+    ("javascript", "cache_update_js"),
+    ("c", "cache_update_c"),
+];
 
 const NOT_JSON: &str = "malformed product change: not JSON: ";
 
@@ -128,7 +132,8 @@ fn normalize(v: Value) -> Value {
 fn normalize_effect(e: Effect) -> Effect {
     match e {
         Effect::CacheSet { key, value, ttl_ms } => {
-            let parsed: Value = serde_json::from_str(&value).unwrap_or_else(|e| panic!("{key} holds no JSON: {e}: {value}"));
+            let parsed: Value =
+                serde_json::from_str(&value).unwrap_or_else(|e| panic!("{key} holds no JSON: {e}: {value}"));
             Effect::CacheSet { key, value: normalize(parsed).to_string(), ttl_ms }
         }
         other => other,
@@ -160,7 +165,11 @@ async fn run(runtime: &Runtime, plugin: &Plugin, lang: &str) -> Run {
             (want, got) => panic!("{lang}: message {n} {shown:?}: expected {want:?}, got {got:?}"),
         }
         if !matches!(expect, Expect::Ok) {
-            assert!(invocation.effects.is_empty(), "{lang}: rejected message {n} still had effects: {:?}", invocation.effects);
+            assert!(
+                invocation.effects.is_empty(),
+                "{lang}: rejected message {n} still had effects: {:?}",
+                invocation.effects
+            );
         }
         outcomes.push(comparable(invocation.outcome));
         effects.push(invocation.effects.into_iter().map(normalize_effect).collect());
@@ -262,11 +271,15 @@ async fn four_languages_fail_the_same_way_on_capability_errors() {
     for (lang, plugin) in load_all(&runtime) {
         let dir = tempfile::tempdir().unwrap();
         let embedded = embedded_backends(dir.path()).await;
-        let down = Arc::new(Backends { cache: Arc::new(DownCache), db: embedded.db.clone(), search: embedded.search.clone() });
+        let down =
+            Arc::new(Backends { cache: Arc::new(DownCache), db: embedded.db.clone(), search: embedded.search.clone() });
         let ctx = context(Capabilities::unrestricted(down), lang);
         for payload in [&set[..], &delete[..]] {
             let outcome = runtime.invoke(&plugin, &message(0, payload), &ctx).await.outcome;
-            let want = Outcome::Retry { delay: Duration::from_secs(1), reason: "cache 127.0.0.1:1 refused the connection".into() };
+            let want = Outcome::Retry {
+                delay: Duration::from_secs(1),
+                reason: "cache 127.0.0.1:1 refused the connection".into(),
+            };
             assert_eq!(outcome, want, "{lang}");
         }
 
@@ -278,6 +291,10 @@ async fn four_languages_fail_the_same_way_on_capability_errors() {
             let want = r#"denied: cache key "product:p1" is outside the tenant's prefixes ["stock:"]"#;
             assert_eq!(invocation.outcome, Outcome::Reject(want.into()), "{lang}");
         }
-        assert_eq!(embedded.cache.get("product:p1").await.unwrap(), None, "{lang}: a denied set must not store anything");
+        assert_eq!(
+            embedded.cache.get("product:p1").await.unwrap(),
+            None,
+            "{lang}: a denied set must not store anything"
+        );
     }
 }

@@ -64,12 +64,21 @@ async fn decimals_unsigned_and_timestamps_read_back_typed() {
     let db = MySqlDb::open(&url(), &options()).await.unwrap();
     db.execute(
         &format!("INSERT INTO {table} (d, u, ts, v, day) VALUES (?, ?, ?, ?, ?)"),
-        vec![Value::Float(12.5), Value::Int(7), Value::Timestamp(1_700_000_000_000_001), Value::Text("x".into()), Value::Timestamp(1_699_920_000_000_000)],
+        vec![
+            Value::Float(12.5),
+            Value::Int(7),
+            Value::Timestamp(1_700_000_000_000_001),
+            Value::Text("x".into()),
+            Value::Timestamp(1_699_920_000_000_000),
+        ],
     )
     .await
     .unwrap();
     // The session is UTC: the server stored the instant given.
-    let (unix,): (i64,) = sqlx::query_as(&format!("SELECT CAST(UNIX_TIMESTAMP(ts) AS SIGNED) FROM {table}")).fetch_one(&direct).await.unwrap();
+    let (unix,): (i64,) = sqlx::query_as(&format!("SELECT CAST(UNIX_TIMESTAMP(ts) AS SIGNED) FROM {table}"))
+        .fetch_one(&direct)
+        .await
+        .unwrap();
     assert_eq!(unix, 1_700_000_000);
     let rows = db.query(&format!("SELECT d, u, ts, v, day FROM {table}"), vec![]).await.unwrap();
     assert_eq!(

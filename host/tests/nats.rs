@@ -53,22 +53,32 @@ impl JetStream {
         let stream = unique(name).to_uppercase();
         let client = async_nats::ConnectOptions::new().max_reconnects(None).connect(url).await.unwrap();
         let js = jetstream::new(client);
-        js.create_stream(jetstream::stream::Config { name: stream.clone(), subjects: vec![format!("{stream}.>")], ..Default::default() })
-            .await
-            .unwrap();
+        js.create_stream(jetstream::stream::Config {
+            name: stream.clone(),
+            subjects: vec![format!("{stream}.>")],
+            ..Default::default()
+        })
+        .await
+        .unwrap();
         Self { url: url.to_string(), stream, js }
     }
 }
 
 impl Broker for JetStream {
     fn source(&self) -> String {
-        format!("type = \"jetstream\"\nurl = \"{}\"\nstream = \"{}\"\nsubjects = [\"{}.>\"]\nack_wait_ms = 10000", self.url, self.stream, self.stream)
+        format!(
+            "type = \"jetstream\"\nurl = \"{}\"\nstream = \"{}\"\nsubjects = [\"{}.>\"]\nack_wait_ms = 10000",
+            self.url, self.stream, self.stream
+        )
     }
 
     async fn publish(&self, key: Option<&str>, payload: &[u8]) {
         // Retried, since the broker may be restarting under the test.
         for _ in 0..100 {
-            let sent = self.js.publish_with_headers(format!("{}.m", self.stream), with_key(key), payload.to_vec().into()).await;
+            let sent = self
+                .js
+                .publish_with_headers(format!("{}.m", self.stream), with_key(key), payload.to_vec().into())
+                .await;
             if let Ok(ack) = sent
                 && ack.await.is_ok()
             {
@@ -80,7 +90,9 @@ impl Broker for JetStream {
     }
 
     async fn dead_letters(&self) -> Vec<DeadLetter> {
-        let Ok(mut stream) = self.js.get_stream(format!("{}-dead-letter", self.stream)).await else { return Vec::new() };
+        let Ok(mut stream) = self.js.get_stream(format!("{}-dead-letter", self.stream)).await else {
+            return Vec::new();
+        };
         let last = stream.info().await.unwrap().state.last_sequence;
         let mut out = Vec::new();
         for seq in 1..=last {
@@ -128,14 +140,20 @@ impl Broker for Core {
     }
 
     async fn publish(&self, key: Option<&str>, payload: &[u8]) {
-        self.client.publish_with_headers(format!("{}.m", self.subject), with_key(key), payload.to_vec().into()).await.unwrap();
+        self.client
+            .publish_with_headers(format!("{}.m", self.subject), with_key(key), payload.to_vec().into())
+            .await
+            .unwrap();
         self.client.flush().await.unwrap();
     }
 
     async fn dead_letters(&self) -> Vec<DeadLetter> {
         let mut dead = self.dead.lock().await;
         while let Ok(Some(m)) = tokio::time::timeout(Duration::from_millis(50), dead.next()).await {
-            self.seen.lock().unwrap().push(DeadLetter { payload: m.payload.to_vec(), headers: headers_of(m.headers.as_ref()) });
+            self.seen
+                .lock()
+                .unwrap()
+                .push(DeadLetter { payload: m.payload.to_vec(), headers: headers_of(m.headers.as_ref()) });
         }
         self.seen.lock().unwrap().clone()
     }
@@ -265,7 +283,8 @@ async fn jetstream_broker_restart() {
 async fn nats_down_at_start_then_up() {
     let dir = test_dir("nats-down");
     let mut server = OwnServer::new(&dir);
-    let source = format!("type = \"jetstream\"\nurl = \"{}\"\nstream = \"LATE\"\nsubjects = [\"late.>\"]", server.url());
+    let source =
+        format!("type = \"jetstream\"\nurl = \"{}\"\nstream = \"LATE\"\nsubjects = [\"late.>\"]", server.url());
     conformance::down_at_start(&source, &dir.join("first"), &format!("127.0.0.1:{}", server.port), "NATS").await;
     // And once it is up, a host waiting for it gets going by itself.
     conformance::write_config(&dir.join("second"), &source, "*", &conformance::Setup::default());
@@ -344,7 +363,10 @@ async fn jetstream_pull_lost_with_a_server_restart_is_made_again() {
     let mut host = conformance::Host::start(&dir);
     host.wait_ready().await;
     conformance::publish_many(&broker, 0, 20, 4, "").await;
-    conformance::wait_for(60, "the first 20 messages handled", || async { conformance::distinct_seqs(&host.rows().await).len() == 20 }).await;
+    conformance::wait_for(60, "the first 20 messages handled", || async {
+        conformance::distinct_seqs(&host.rows().await).len() == 20
+    })
+    .await;
     // Idle now, with a pull request open on the server.
     server.stop("KILL");
     tokio::time::sleep(Duration::from_secs(1)).await;
@@ -355,6 +377,10 @@ async fn jetstream_pull_lost_with_a_server_restart_is_made_again() {
     })
     .await;
     assert!(host.running(), "the host must survive the restart:\n{}", host.log());
-    assert!(host.log().contains("connected again; pulling again"), "the reconnect must renew the pull:\n{}", host.log());
+    assert!(
+        host.log().contains("connected again; pulling again"),
+        "the reconnect must renew the pull:\n{}",
+        host.log()
+    );
     assert!(host.terminate().success());
 }

@@ -8,7 +8,7 @@ mod common;
 use std::path::Path;
 use std::sync::Arc;
 
-use common::conformance::{self, Direct, DbUnderTest};
+use common::conformance::{self, DbUnderTest, Direct};
 use sqlx::postgres::PgPool;
 use sqlx::{Connection, Row};
 use switchyard::Config;
@@ -58,15 +58,22 @@ async fn postgres_passes_the_db_conformance() {
 async fn concurrent_inserts_share_transactions_and_statements() {
     let direct = PgPool::connect(&url()).await.unwrap();
     let table = conformance::unique("grouped");
-    sqlx::raw_sql(&format!("CREATE TABLE {table} (id BIGINT PRIMARY KEY, v TEXT NOT NULL)")).execute(&direct).await.unwrap();
+    sqlx::raw_sql(&format!("CREATE TABLE {table} (id BIGINT PRIMARY KEY, v TEXT NOT NULL)"))
+        .execute(&direct)
+        .await
+        .unwrap();
     let db = PostgresDb::open(&url(), &options()).await.unwrap();
     let insert = format!("INSERT INTO {table} (id, v) VALUES ($1, $2)");
-    let calls: Vec<_> = (0..500i64).map(|i| db.execute(&insert, vec![Value::Int(i), Value::Text(i.to_string())])).collect();
+    let calls: Vec<_> =
+        (0..500i64).map(|i| db.execute(&insert, vec![Value::Int(i), Value::Text(i.to_string())])).collect();
     for r in futures::future::join_all(calls).await {
         assert_eq!(r, Ok(1));
     }
     let (rows, transactions): (i64, i64) =
-        sqlx::query_as(&format!("SELECT count(*), count(DISTINCT xmin::text) FROM {table}")).fetch_one(&direct).await.unwrap();
+        sqlx::query_as(&format!("SELECT count(*), count(DISTINCT xmin::text) FROM {table}"))
+            .fetch_one(&direct)
+            .await
+            .unwrap();
     assert_eq!(rows, 500);
     // Rows written by one transaction share its id (xmin): 500 callers at
     // once must not have cost 500 commits.
@@ -119,7 +126,10 @@ async fn a_schema_grant_cannot_be_escaped_through_unqualified_names_or_search_pa
         message("qualified", format!("INSERT INTO {schema}.items (id) VALUES (1)")),
         message("unqualified", format!("INSERT INTO {schema}_items (id) VALUES (2)")),
         message("search-path", format!("SELECT set_config('search_path', 'public', false) FROM {schema}.items")),
-        message("xml", format!("SELECT query_to_xml('delete from public.{schema}_items', true, true, '') FROM {schema}.items")),
+        message(
+            "xml",
+            format!("SELECT query_to_xml('delete from public.{schema}_items', true, true, '') FROM {schema}.items"),
+        ),
     ];
     let lines: Vec<&str> = lines.iter().map(String::as_str).collect();
     let config = common::config_with_file(dir.path(), &template, "faults", &lines);
@@ -158,13 +168,18 @@ async fn quickstart_handlers_run_against_postgres_and_redis() {
     config.data_dir = dir.path().to_path_buf();
     config.backends.db = DbBackendConfig::Postgres {
         url: db_url.clone(),
-        init: vec!["CREATE TABLE orders (id TEXT PRIMARY KEY, customer TEXT NOT NULL, total DOUBLE PRECISION NOT NULL)".into()],
+        init: vec![
+            "CREATE TABLE orders (id TEXT PRIMARY KEY, customer TEXT NOT NULL, total DOUBLE PRECISION NOT NULL)".into(),
+        ],
         max_connections: 4,
         max_batch: 1000,
         timeout_ms: 5000,
     };
-    config.backends.cache =
-        CacheBackendConfig::Redis { url: "redis://127.0.0.1:6379".into(), key_prefix: prefix.clone(), timeout_ms: 2000 };
+    config.backends.cache = CacheBackendConfig::Redis {
+        url: "redis://127.0.0.1:6379".into(),
+        key_prefix: prefix.clone(),
+        timeout_ms: 2000,
+    };
     let (stats, _) = common::run_host(&config).await;
     assert_eq!((stats.handled, stats.dead_lettered, stats.retried), (101, 1, 0), "{stats:?}");
 
@@ -179,10 +194,13 @@ async fn quickstart_handlers_run_against_postgres_and_redis() {
 
     let client = redis::Client::open("redis://127.0.0.1:6379").unwrap();
     let mut redis = client.get_multiplexed_async_connection().await.unwrap();
-    let p1: Option<Vec<u8>> = redis::cmd("GET").arg(format!("{prefix}product:p1")).query_async(&mut redis).await.unwrap();
-    let p1: serde_json::Value = serde_json::from_slice(&p1.expect("product:p1 is in Redis under the key prefix")).unwrap();
+    let p1: Option<Vec<u8>> =
+        redis::cmd("GET").arg(format!("{prefix}product:p1")).query_async(&mut redis).await.unwrap();
+    let p1: serde_json::Value =
+        serde_json::from_slice(&p1.expect("product:p1 is in Redis under the key prefix")).unwrap();
     assert_eq!(p1["name"], "green sprocket");
-    let p3: Option<Vec<u8>> = redis::cmd("GET").arg(format!("{prefix}product:p3")).query_async(&mut redis).await.unwrap();
+    let p3: Option<Vec<u8>> =
+        redis::cmd("GET").arg(format!("{prefix}product:p3")).query_async(&mut redis).await.unwrap();
     assert_eq!(p3, None, "p3 was deleted by a later message");
     let keys: Vec<String> = redis::cmd("KEYS").arg(format!("{prefix}*")).query_async(&mut redis).await.unwrap();
     let _: i64 = redis::cmd("DEL").arg(&keys).query_async(&mut redis).await.unwrap();

@@ -87,7 +87,19 @@ impl RestartRedis {
         }
         // The command this machine's Redis was started with.
         let status = std::process::Command::new("redis-server")
-            .args(["--daemonize", "yes", "--bind", "127.0.0.1", "-::1", "--port", "6379", "--save", "", "--appendonly", "no"])
+            .args([
+                "--daemonize",
+                "yes",
+                "--bind",
+                "127.0.0.1",
+                "-::1",
+                "--port",
+                "6379",
+                "--save",
+                "",
+                "--appendonly",
+                "no",
+            ])
             .args(["--dir", "/var/lib/redis", "--logfile", "/var/log/redis/ci.log"])
             .status();
         if !matches!(status, Ok(s) if s.success()) {
@@ -176,10 +188,16 @@ async fn messages_survive_redis_going_down_and_coming_back() {
     let _log = tracing::subscriber::set_default(subscriber);
 
     let dir = tempfile::tempdir().unwrap();
-    let product = |i: usize| format!(r#"{{"topic": "product.changed", "key": "p{i}", "payload": {{"id": "p{i}", "n": {i}}}}}"#);
+    let product =
+        |i: usize| format!(r#"{{"topic": "product.changed", "key": "p{i}", "payload": {{"id": "p{i}", "n": {i}}}}}"#);
     let first: Vec<String> = (0..20).map(product).collect();
     let template = CACHE_UPDATE.replace("REDIS_URL", &url()).replace("PREFIX", &prefix);
-    let config = common::config_with_file(dir.path(), &template, "cache_update", &first.iter().map(String::as_str).collect::<Vec<_>>());
+    let config = common::config_with_file(
+        dir.path(),
+        &template,
+        "cache_update",
+        &first.iter().map(String::as_str).collect::<Vec<_>>(),
+    );
     let common::Running { stats, backends, shutdown, task: host, .. } = common::started_host(&config).await;
     let mut conn = direct().await;
     wait_for(|| async { stats.snapshot().handled >= 20 }).await;
@@ -218,13 +236,16 @@ async fn messages_survive_redis_going_down_and_coming_back() {
     // 40 sent while it was down must all be there.
     for i in 20..60 {
         let value = direct_get(&mut conn, &format!("{prefix}product:p{i}")).await;
-        let value: serde_json::Value = serde_json::from_slice(&value.unwrap_or_else(|| panic!("p{i} missing"))).unwrap();
+        let value: serde_json::Value =
+            serde_json::from_slice(&value.unwrap_or_else(|| panic!("p{i} missing"))).unwrap();
         assert_eq!(value["n"], i, "p{i}");
     }
     assert!(!dir.path().join("dead-letter/in.jsonl").exists(), "nothing was dead-lettered");
     let log = String::from_utf8_lossy(&captured.0.lock().unwrap()).to_string();
     assert!(
-        log.contains("cache backend is unreachable") && log.contains("backend=\"redis\"") && log.contains("127.0.0.1:6379"),
+        log.contains("cache backend is unreachable")
+            && log.contains("backend=\"redis\"")
+            && log.contains("127.0.0.1:6379"),
         "a log line names the backend and its address: {log}"
     );
     assert!(log.contains("cache backend is reachable again"), "{log}");

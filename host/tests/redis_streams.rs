@@ -86,7 +86,8 @@ impl Broker for Streams {
         let groups: Vec<std::collections::HashMap<String, redis::Value>> =
             redis::cmd("XINFO").arg("GROUPS").arg(&self.stream).query_async(&mut conn).await.unwrap();
         let group = groups.iter().find(|g| g.get("name").map(text).as_deref() == Some("switchyard"))?;
-        let number = |field: &str| group.get(field).and_then(|v| redis::from_redis_value_ref::<u64>(v).ok()).unwrap_or(0);
+        let number =
+            |field: &str| group.get(field).and_then(|v| redis::from_redis_value_ref::<u64>(v).ok()).unwrap_or(0);
         Some(number("pending") + number("lag"))
     }
 }

@@ -45,7 +45,9 @@ fn scaffold_and_build(language: &str, name: &str, parent: &Path) -> std::path::P
     let wasm = wasm.split(" --payload").next().unwrap();
     let wasm = if language == "rust" {
         // The build went to CARGO_TARGET_DIR rather than the project's target/.
-        Path::new(env!("CARGO_TARGET_TMPDIR")).join("scaffold-target/wasm32-wasip2/release").join(format!("{}.wasm", name.replace('-', "_")))
+        Path::new(env!("CARGO_TARGET_TMPDIR"))
+            .join("scaffold-target/wasm32-wasip2/release")
+            .join(format!("{}.wasm", name.replace('-', "_")))
     } else {
         Path::new(wasm).to_path_buf()
     };

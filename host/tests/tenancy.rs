@@ -88,7 +88,9 @@ async fn hostile_handlers_fail_only_their_own_messages() {
     ];
     let mut lines = Vec::new();
     for i in 0..200 {
-        lines.push(format!(r#"{{"topic": "product.changed", "id": "v{i}", "payload": {{"id": "{i}", "name": "thing {i}"}}}}"#));
+        lines.push(format!(
+            r#"{{"topic": "product.changed", "id": "v{i}", "payload": {{"id": "{i}", "name": "thing {i}"}}}}"#
+        ));
         if i % 20 == 0 {
             let attack = attacks[i / 20];
             lines.push(format!(r#"{{"topic": "attack", "id": "{attack}", "payload": {{"attack": "{attack}"}}}}"#));
@@ -120,9 +122,15 @@ async fn hostile_handlers_fail_only_their_own_messages() {
         ("loop", "handler timed out after 1000 ms"),
         ("memory", "handler exceeded its memory limit of 32 MiB"),
         ("recurse", "handler trapped"),
-        ("read-other-tenant", "rejected: cache read refused: CapabilityError::Denied(\"cache key \\\"victim:secret\\\""),
+        (
+            "read-other-tenant",
+            "rejected: cache read refused: CapabilityError::Denied(\"cache key \\\"victim:secret\\\"",
+        ),
         ("sql-outside-grant", "rejected: sql refused: CapabilityError::Denied(\"table \\\"victim_secrets\\\""),
-        ("publish-forbidden", "rejected: publish refused: CapabilityError::Denied(\"destination \\\"victim.commands\\\""),
+        (
+            "publish-forbidden",
+            "rejected: publish refused: CapabilityError::Denied(\"destination \\\"victim.commands\\\"",
+        ),
         ("filesystem", "rejected: filesystem refused"),
         ("network", "rejected: network refused"),
         ("environment", "rejected: environment refused: \"no variables, no arguments\""),

@@ -52,11 +52,20 @@ pub fn render<'a>(handlers: impl Iterator<Item = (&'a str, &'a str, &'a HandlerM
     // Name, type, help, and how to read it from a handler's metrics.
     type Counter = (&'static str, &'static str, &'static str, fn(&HandlerMetrics) -> u64);
     let counters: [Counter; 5] = [
-        ("switchyard_messages_handled_total", "counter", "Messages acked after the handler returned ok.", |m| m.handled.load(Ordering::Relaxed)),
+        ("switchyard_messages_handled_total", "counter", "Messages acked after the handler returned ok.", |m| {
+            m.handled.load(Ordering::Relaxed)
+        }),
         ("switchyard_messages_retried_total", "counter", "Retries scheduled.", |m| m.retried.load(Ordering::Relaxed)),
-        ("switchyard_messages_dead_lettered_total", "counter", "Messages dead-lettered.", |m| m.dead_lettered.load(Ordering::Relaxed)),
+        ("switchyard_messages_dead_lettered_total", "counter", "Messages dead-lettered.", |m| {
+            m.dead_lettered.load(Ordering::Relaxed)
+        }),
         ("switchyard_messages_in_flight", "gauge", "Invocations running now.", |m| m.in_flight.load(Ordering::Relaxed)),
-        ("switchyard_handler_fuel_consumed_total", "counter", "WebAssembly fuel consumed, for handlers with a fuel limit.", |m| m.fuel.load(Ordering::Relaxed)),
+        (
+            "switchyard_handler_fuel_consumed_total",
+            "counter",
+            "WebAssembly fuel consumed, for handlers with a fuel limit.",
+            |m| m.fuel.load(Ordering::Relaxed),
+        ),
     ];
     for (name, kind, help, get) in counters {
         let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} {kind}");
@@ -65,7 +74,8 @@ pub fn render<'a>(handlers: impl Iterator<Item = (&'a str, &'a str, &'a HandlerM
         }
     }
     let name = "switchyard_handler_duration_seconds";
-    let _ = writeln!(out, "# HELP {name} Wall time of one invocation, instantiation included.\n# TYPE {name} histogram");
+    let _ =
+        writeln!(out, "# HELP {name} Wall time of one invocation, instantiation included.\n# TYPE {name} histogram");
     for (tenant, handler, m) in handlers {
         let labels = format!("tenant=\"{}\",handler=\"{}\"", escape(tenant), escape(handler));
         let mut cumulative = 0;
@@ -93,11 +103,16 @@ mod tests {
         m.observe(Duration::from_millis(3));
         m.observe(Duration::from_secs(9));
         let text = render([("shop", "say \"hi\"", &m)].into_iter());
-        assert!(text.contains("switchyard_messages_handled_total{tenant=\"shop\",handler=\"say \\\"hi\\\"\"} 3"), "{text}");
+        assert!(
+            text.contains("switchyard_messages_handled_total{tenant=\"shop\",handler=\"say \\\"hi\\\"\"} 3"),
+            "{text}"
+        );
         assert!(text.contains("le=\"0.0001\"} 1\n"), "{text}");
         assert!(text.contains("le=\"0.005\"} 2\n"), "{text}");
         assert!(text.contains("le=\"5\"} 2\n"), "{text}");
         assert!(text.contains("le=\"+Inf\"} 3\n"), "{text}");
-        assert!(text.contains("switchyard_handler_duration_seconds_count{tenant=\"shop\",handler=\"say \\\"hi\\\"\"} 3"));
+        assert!(
+            text.contains("switchyard_handler_duration_seconds_count{tenant=\"shop\",handler=\"say \\\"hi\\\"\"} 3")
+        );
     }
 }

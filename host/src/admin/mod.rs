@@ -105,11 +105,7 @@ fn refused(e: DeployError) -> Response {
     (status, axum::Json(json!({ "error": e.to_string() }))).into_response()
 }
 
-async fn deploy(
-    State(admin): State<Admin>,
-    Path((tenant, handler)): Path<(String, String)>,
-    body: Bytes,
-) -> Response {
+async fn deploy(State(admin): State<Admin>, Path((tenant, handler)): Path<(String, String)>, body: Bytes) -> Response {
     let registry = admin.registry.clone();
     // Compiling can take seconds for a large component: off the async threads.
     let result = tokio::task::spawn_blocking(move || registry.deploy(&tenant, &handler, &body, "admin API")).await;

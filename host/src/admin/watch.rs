@@ -43,7 +43,9 @@ pub async fn watch(registry: Arc<Registry>, dir: PathBuf, shutdown: Cancellation
 fn candidates(registry: &Registry, dir: &Path) -> Vec<(String, String, PathBuf)> {
     registry
         .slots()
-        .map(|s| (s.tenant.to_string(), s.handler.to_string(), dir.join(&*s.tenant).join(format!("{}.wasm", s.handler))))
+        .map(|s| {
+            (s.tenant.to_string(), s.handler.to_string(), dir.join(&*s.tenant).join(format!("{}.wasm", s.handler)))
+        })
         .filter(|(_, _, path)| path.exists())
         .collect()
 }
@@ -61,7 +63,9 @@ fn deploy_file(registry: &Registry, tenant: &str, handler: &str, path: &Path) {
         return;
     }
     match registry.deploy(tenant, handler, &bytes, &format!("watched: {}", path.display())) {
-        Ok(info) => tracing::info!(file = %path.display(), version = info.version, "deployed from the watched directory"),
+        Ok(info) => {
+            tracing::info!(file = %path.display(), version = info.version, "deployed from the watched directory")
+        }
         Err(e) => tracing::warn!(file = %path.display(), error = %e, "deploy refused; the live version keeps serving"),
     }
 }

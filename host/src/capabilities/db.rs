@@ -105,7 +105,12 @@ pub trait DbTransaction: Send {
     /// Record the message in the inbox with `outcome` and `outbox` for the
     /// relay, then commit. `Ok(false)` when another delivery of the same
     /// message committed first; this one is then rolled back.
-    async fn commit(self: Box<Self>, inbox: &InboxKey, outcome: InboxOutcome, outbox: &[Outgoing]) -> Result<bool, BackendError>;
+    async fn commit(
+        self: Box<Self>,
+        inbox: &InboxKey,
+        outcome: InboxOutcome,
+        outbox: &[Outgoing],
+    ) -> Result<bool, BackendError>;
 }
 
 impl HostState {
@@ -140,10 +145,7 @@ pub(crate) fn check_tables(granted: &[String], dialect: SqlDialect, sql: &str) -
     let statements = Parser::parse_sql(dialect, sql)
         .map_err(|e| CapabilityFailure::Invalid(format!("cannot parse SQL to check its tables: {e}")))?;
     let [statement] = statements.as_slice() else {
-        return Err(CapabilityFailure::Invalid(format!(
-            "one statement per call, found {}",
-            statements.len()
-        )));
+        return Err(CapabilityFailure::Invalid(format!("one statement per call, found {}", statements.len())));
     };
     if !matches!(
         statement,
@@ -188,9 +190,9 @@ pub(crate) fn check_tables(granted: &[String], dialect: SqlDialect, sql: &str) -
         }
     });
     match refused {
-        Some(table) => Err(CapabilityFailure::Denied(format!(
-            "table {table:?} is outside the tenant's tables {granted:?}"
-        ))),
+        Some(table) => {
+            Err(CapabilityFailure::Denied(format!("table {table:?} is outside the tenant's tables {granted:?}")))
+        }
         None => Ok(()),
     }
 }
@@ -208,7 +210,8 @@ fn escaping_function(statement: &Statement) -> Option<String> {
                 || name.ends_with("_to_xml")
                 || name.ends_with("_to_xmlschema")
                 || name.ends_with("_to_xml_and_xmlschema")
-                || ["set_config", "current_setting", "load_file", "sys_exec", "sys_eval", "copy"].contains(&name.as_str());
+                || ["set_config", "current_setting", "load_file", "sys_exec", "sys_eval", "copy"]
+                    .contains(&name.as_str());
             if escapes {
                 found = Some(name);
                 return ControlFlow::Break(());

@@ -12,8 +12,12 @@ use crate::runtime::state::HostState;
 #[async_trait]
 pub trait SearchBackend: Send + Sync {
     /// Add or replace a document.
-    async fn index(&self, index: &str, id: &str, document: serde_json::Map<String, serde_json::Value>)
-    -> Result<(), BackendError>;
+    async fn index(
+        &self,
+        index: &str,
+        id: &str,
+        document: serde_json::Map<String, serde_json::Value>,
+    ) -> Result<(), BackendError>;
     /// Remove a document.
     async fn delete(&self, index: &str, id: &str) -> Result<(), BackendError>;
     /// Search; best hits first.

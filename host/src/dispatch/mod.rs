@@ -19,22 +19,22 @@ use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 use tracing::Instrument;
 
+use crate::admin::Admin;
 use crate::capabilities::db::{Begun, DbTransaction, InboxKey, InboxOutcome};
 use crate::capabilities::publish::{PublishRouter, Publisher};
 use crate::capabilities::{BackendError, Backends, Capabilities, backends};
-use crate::runtime::bindings::publish::Outgoing;
-use faults::CrashPoint;
+use crate::config::AdminConfig;
 use crate::config::{Config, ConfigError, RouteConfig, SourceConfig};
 use crate::runtime::bindings::Message;
-use crate::admin::Admin;
-use crate::config::AdminConfig;
+use crate::runtime::bindings::publish::Outgoing;
 use crate::runtime::registry::{DeployError, HandlerSlot, Registry};
 use crate::runtime::{InvokeContext, Outcome, Runtime, RuntimeError, RuntimeOptions};
-use quota::TenantQuota;
 use crate::sources::dead_letter::DeadLetterFile;
 use crate::sources::local::{LOCAL, LocalSource};
 use crate::sources::{Delivery, Settle, Settlement, Source, file::FileSource, http::HttpSource, local};
+use faults::CrashPoint;
 use ordering::{KeyOrder, Turn};
+use quota::TenantQuota;
 use relay::Relay;
 use router::TopicPattern;
 use stats::{Progress, Snapshot, Stats};
@@ -132,7 +132,9 @@ impl Host {
     pub async fn build(config: &Config) -> Result<Self, HostError> {
         let runtime = Arc::new(Runtime::new(runtime_options(config))?);
         let registry = load_handlers(config, &runtime)?;
-        let backends = Arc::new(backends::open(config).await.map_err(|error| HostError::Backend { capability: "db or search", error })?);
+        let backends = Arc::new(
+            backends::open(config).await.map_err(|error| HostError::Backend { capability: "db or search", error })?,
+        );
         Self::assemble(config, registry, backends)
     }
 
@@ -225,7 +227,15 @@ impl Host {
             idle: tokio::sync::Notify::new(),
             shutdown: CancellationToken::new(),
         });
-        Ok(Self { shared, routes: Arc::new(routes), sources, local, registry, admin: config.admin.clone(), progress: false })
+        Ok(Self {
+            shared,
+            routes: Arc::new(routes),
+            sources,
+            local,
+            registry,
+            admin: config.admin.clone(),
+            progress: false,
+        })
     }
 
     /// Print a progress line to stderr every second while running.
@@ -467,12 +477,16 @@ async fn process(
                     Some(key) => match route.invoke.caps.backends.db.begin(key).await {
                         Ok(Begun::Transaction(tx)) => Some(tx),
                         Ok(Begun::Settled(InboxOutcome::Handled)) => {
-                            tracing::info!("an earlier delivery of this message committed; acking without running it again");
+                            tracing::info!(
+                                "an earlier delivery of this message committed; acking without running it again"
+                            );
                             ack(&shared, route, settle, &message).await;
                             break 'delivery;
                         }
                         Ok(Begun::Settled(InboxOutcome::Failed)) => {
-                            let reason = "failed for good in an earlier delivery, whose compensations were recorded then".to_string();
+                            let reason =
+                                "failed for good in an earlier delivery, whose compensations were recorded then"
+                                    .to_string();
                             dead_letter(&shared, route, settle, &message, reason, Vec::new(), None).await;
                             break 'delivery;
                         }
@@ -483,7 +497,8 @@ async fn process(
                     // The live version now; a deploy during the call does not change it.
                     let version = route.slot.live();
                     metrics.in_flight.fetch_add(1, Ordering::Relaxed);
-                    let invocation = shared.runtime.invoke_in(&version.plugin, &message, &route.invoke, transaction).await;
+                    let invocation =
+                        shared.runtime.invoke_in(&version.plugin, &message, &route.invoke, transaction).await;
                     metrics.in_flight.fetch_sub(1, Ordering::Relaxed);
                     metrics.observe(invocation.elapsed);
                     if let Some(fuel) = invocation.fuel_used {
@@ -502,14 +517,16 @@ async fn process(
                     Outcome::Ok => {
                         let durable = match (invocation.transaction, inbox) {
                             // Publishes go into the outbox, in the transaction.
-                            (Some(tx), Some(key)) => commit(&shared, tx, key, InboxOutcome::Handled, &invocation.outbox)
-                                .await
-                                .map(|first| {
-                                    if !first {
-                                        tracing::info!("another delivery of this message committed first; acking");
-                                    }
-                                })
-                                .map_err(|e| format!("handled, but its transaction did not commit: {e}")),
+                            (Some(tx), Some(key)) => {
+                                commit(&shared, tx, key, InboxOutcome::Handled, &invocation.outbox)
+                                    .await
+                                    .map(|first| {
+                                        if !first {
+                                            tracing::info!("another delivery of this message committed first; acking");
+                                        }
+                                    })
+                                    .map_err(|e| format!("handled, but its transaction did not commit: {e}"))
+                            }
                             _ if invocation.outbox.is_empty() => Ok(()),
                             _ => shared
                                 .publisher
@@ -542,7 +559,9 @@ async fn process(
                 dead_letter(&shared, route, settle, &message, reason, compensations, inbox).await;
                 break;
             }
-            let delay = backoff(policy, message.attempt).max(requested.unwrap_or_default()).min(Duration::from_millis(policy.retry_max_ms));
+            let delay = backoff(policy, message.attempt)
+                .max(requested.unwrap_or_default())
+                .min(Duration::from_millis(policy.retry_max_ms));
             tracing::info!(%reason, delay_ms = delay.as_millis() as u64, "retrying");
             shared.stats.retried.fetch_add(1, Ordering::Relaxed);
             metrics.retried.fetch_add(1, Ordering::Relaxed);
@@ -684,7 +703,8 @@ mod tests {
 
     #[test]
     fn backoff_doubles_and_caps() {
-        let text = "source = \"s\"\ntopic = \"t\"\ntenant = \"t\"\nhandler = \"h\"\nretry_base_ms = 100\nretry_max_ms = 1000";
+        let text =
+            "source = \"s\"\ntopic = \"t\"\ntenant = \"t\"\nhandler = \"h\"\nretry_base_ms = 100\nretry_max_ms = 1000";
         let policy: RouteConfig = toml::from_str(text).unwrap();
         let ms: Vec<u128> = (1..=6).map(|a| backoff(&policy, a).as_millis()).collect();
         assert_eq!(ms, [100, 200, 400, 800, 1000, 1000]);

@@ -6,9 +6,9 @@
 //! the next one go when it is dropped, whichever way its message ended.
 
 use std::collections::HashMap;
+use std::sync::Arc;
 use std::sync::Mutex;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::Arc;
 
 use tokio::sync::oneshot;
 

@@ -18,10 +18,7 @@ pub struct TenantQuota {
 impl TenantQuota {
     /// The limits `quotas` asks for.
     pub fn new(quotas: &Quotas) -> Self {
-        Self {
-            in_flight: quotas.max_in_flight.map(Semaphore::new),
-            rate: quotas.rate_per_sec.map(TokenBucket::new),
-        }
+        Self { in_flight: quotas.max_in_flight.map(Semaphore::new), rate: quotas.rate_per_sec.map(TokenBucket::new) }
     }
 
     /// Wait for the tenant's rate and a free in-flight slot; hold the result

@@ -54,7 +54,12 @@ const TABLE_ELEMENTS_LIMIT: usize = 100_000;
 
 impl HostState {
     /// A fresh state for one invocation.
-    pub fn new(caps: Arc<Capabilities>, memory_limit: usize, reply_to: Option<String>, log_context: LogContext) -> Self {
+    pub fn new(
+        caps: Arc<Capabilities>,
+        memory_limit: usize,
+        reply_to: Option<String>,
+        log_context: LogContext,
+    ) -> Self {
         Self {
             // No preopened directories, no environment, no arguments, no
             // sockets: the handler's only way out is its capabilities.

@@ -34,7 +34,9 @@ use serde::Deserialize;
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
-use super::{ATTEMPT_HEADER, Backoff, Delivery, ID_HEADER, KEY_HEADER, Settle, Settlement, Source, SourceError, now_ms, redact};
+use super::{
+    ATTEMPT_HEADER, Backoff, Delivery, ID_HEADER, KEY_HEADER, Settle, Settlement, Source, SourceError, now_ms, redact,
+};
 use crate::capabilities::BackendError;
 use crate::capabilities::publish::Publisher;
 use crate::runtime::bindings::Message;
@@ -110,7 +112,8 @@ pub fn dead_letter_queue(queue: &str) -> String {
 
 /// The source and publisher for one `amqp` source config.
 pub fn build(name: &str, config: &AmqpConfig, concurrency: usize) -> (Box<dyn Source>, Arc<dyn Publisher>) {
-    let prefetch = config.prefetch.unwrap_or_else(|| (concurrency.saturating_mul(2)).clamp(1, u16::MAX as usize) as u16);
+    let prefetch =
+        config.prefetch.unwrap_or_else(|| (concurrency.saturating_mul(2)).clamp(1, u16::MAX as usize) as u16);
     let source = AmqpSource { name: name.to_string(), config: config.clone(), prefetch };
     let publisher = AmqpPublisher::new(name, &config.url);
     (Box::new(source), Arc::new(publisher))
@@ -161,7 +164,12 @@ impl AmqpSource {
         let durable_exchange = ExchangeDeclareOptions { durable: true, ..ExchangeDeclareOptions::default() };
         for exchange in &self.config.exchanges {
             channel
-                .exchange_declare(exchange.name.as_str().into(), exchange_kind(&exchange.kind), durable_exchange, FieldTable::default())
+                .exchange_declare(
+                    exchange.name.as_str().into(),
+                    exchange_kind(&exchange.kind),
+                    durable_exchange,
+                    FieldTable::default(),
+                )
                 .await
                 .map_err(|e| failed(&format!("cannot declare exchange {:?}", exchange.name), e))?;
         }
@@ -177,7 +185,13 @@ impl AmqpSource {
                 .await
                 .map_err(|e| failed(&format!("cannot declare dead-letter queue {dlq:?}"), e))?;
             channel
-                .queue_bind(dlq.as_str().into(), dlx.into(), queue.as_str().into(), QueueBindOptions::default(), FieldTable::default())
+                .queue_bind(
+                    dlq.as_str().into(),
+                    dlx.into(),
+                    queue.as_str().into(),
+                    QueueBindOptions::default(),
+                    FieldTable::default(),
+                )
                 .await
                 .map_err(|e| failed(&format!("cannot bind {dlq:?} to {dlx:?}"), e))?;
             let mut args = FieldTable::default();
@@ -192,9 +206,23 @@ impl AmqpSource {
         }
         for b in &self.config.bindings {
             channel
-                .queue_bind(b.queue.as_str().into(), b.exchange.as_str().into(), b.routing_key.as_str().into(), QueueBindOptions::default(), FieldTable::default())
+                .queue_bind(
+                    b.queue.as_str().into(),
+                    b.exchange.as_str().into(),
+                    b.routing_key.as_str().into(),
+                    QueueBindOptions::default(),
+                    FieldTable::default(),
+                )
                 .await
-                .map_err(|e| failed(&format!("cannot bind queue {:?} to exchange {:?} with {:?}", b.queue, b.exchange, b.routing_key), e))?;
+                .map_err(|e| {
+                    failed(
+                        &format!(
+                            "cannot bind queue {:?} to exchange {:?} with {:?}",
+                            b.queue, b.exchange, b.routing_key
+                        ),
+                        e,
+                    )
+                })?;
         }
         Ok(())
     }
@@ -218,14 +246,25 @@ impl AmqpSource {
         let setup = async {
             let consume = connection.create_channel().await.map_err(|e| failed("cannot open a channel", e))?;
             let publish = connection.create_channel().await.map_err(|e| failed("cannot open a channel", e))?;
-            publish.confirm_select(ConfirmSelectOptions::default()).await.map_err(|e| failed("cannot enable publisher confirms", e))?;
+            publish
+                .confirm_select(ConfirmSelectOptions::default())
+                .await
+                .map_err(|e| failed("cannot enable publisher confirms", e))?;
             self.declare(&publish).await?;
-            consume.basic_qos(self.prefetch, BasicQosOptions::default()).await.map_err(|e| failed("cannot set the prefetch", e))?;
+            consume
+                .basic_qos(self.prefetch, BasicQosOptions::default())
+                .await
+                .map_err(|e| failed("cannot set the prefetch", e))?;
             let mut consumers = Vec::new();
             for queue in &self.config.queues {
                 let tag = format!("switchyard-{}-{}-{queue}", self.name, std::process::id());
                 let consumer = consume
-                    .basic_consume(queue.as_str().into(), tag.as_str().into(), BasicConsumeOptions::default(), FieldTable::default())
+                    .basic_consume(
+                        queue.as_str().into(),
+                        tag.as_str().into(),
+                        BasicConsumeOptions::default(),
+                        FieldTable::default(),
+                    )
                     .await
                     .map_err(|e| failed(&format!("cannot consume queue {queue:?}"), e))?;
                 let queue: Arc<str> = queue.as_str().into();
@@ -241,7 +280,12 @@ impl AmqpSource {
         backoff.reset();
         let tags: Vec<String> = consumers.iter().map(|(t, _)| t.clone()).collect();
         let mut deliveries = futures::stream::select_all(consumers.into_iter().map(|(_, c)| c));
-        let link = Arc::new(Link { connection, consume: consume.clone(), publish, dlx: self.config.dead_letter_exchange.clone() });
+        let link = Arc::new(Link {
+            connection,
+            consume: consume.clone(),
+            publish,
+            dlx: self.config.dead_letter_exchange.clone(),
+        });
         *current = Some(link.clone());
         loop {
             let next = tokio::select! {
@@ -398,7 +442,13 @@ impl AmqpSettle {
 
     /// Publish a copy of the message with `extra` headers, wait for the
     /// broker's confirm, then ack the original.
-    async fn move_to(&self, message: &Message, exchange: &str, routing_key: &str, extra: Vec<(String, String)>) -> Result<(), SourceError> {
+    async fn move_to(
+        &self,
+        message: &Message,
+        exchange: &str,
+        routing_key: &str,
+        extra: Vec<(String, String)>,
+    ) -> Result<(), SourceError> {
         let mut headers = self.properties.headers().clone().unwrap_or_default();
         for (k, v) in extra {
             headers.insert(k.into(), AMQPValue::LongString(v.into()));
@@ -411,13 +461,22 @@ impl AmqpSettle {
         let confirm = self
             .link
             .publish
-            .basic_publish(exchange.into(), routing_key.into(), BasicPublishOptions::default(), &message.payload, properties)
+            .basic_publish(
+                exchange.into(),
+                routing_key.into(),
+                BasicPublishOptions::default(),
+                &message.payload,
+                properties,
+            )
             .await
             .map_err(|e| self.error(message, format!("cannot publish to {exchange:?}/{routing_key:?}: {e}")))?
             .await
             .map_err(|e| self.error(message, format!("no confirm from {exchange:?}/{routing_key:?}: {e}")))?;
         if !matches!(confirm, Confirmation::Ack(_)) {
-            return Err(self.error(message, format!("the broker refused the message for {exchange:?}/{routing_key:?}: {confirm:?}")));
+            return Err(self.error(
+                message,
+                format!("the broker refused the message for {exchange:?}/{routing_key:?}: {confirm:?}"),
+            ));
         }
         self.ack(message).await
     }
@@ -425,7 +484,9 @@ impl AmqpSettle {
     async fn ack(&self, message: &Message) -> Result<(), SourceError> {
         match self.acker.ack(BasicAckOptions::default()).await {
             Ok(true) => Ok(()),
-            Ok(false) => Err(self.error(message, "the channel closed before the ack; the broker will redeliver".into())),
+            Ok(false) => {
+                Err(self.error(message, "the channel closed before the ack; the broker will redeliver".into()))
+            }
             Err(e) => Err(self.error(message, format!("ack failed: {e}"))),
         }
     }
@@ -481,7 +542,12 @@ pub struct AmqpPublisher {
 
 impl AmqpPublisher {
     fn new(name: &str, url: &str) -> Self {
-        Self { name: name.to_string(), url: url.to_string(), link: tokio::sync::Mutex::new(None), next_id: AtomicU64::new(1) }
+        Self {
+            name: name.to_string(),
+            url: url.to_string(),
+            link: tokio::sync::Mutex::new(None),
+            next_id: AtomicU64::new(1),
+        }
     }
 
     fn unavailable(&self, what: impl std::fmt::Display) -> BackendError {
@@ -495,8 +561,11 @@ impl AmqpPublisher {
         {
             return Ok(ch.clone());
         }
-        let props = ConnectionProperties::default().with_connection_name(format!("switchyard publisher {}", self.name).into());
-        let connection = Connection::connect(&self.url, props).await.map_err(|e| self.unavailable(format!("cannot connect: {e}")))?;
+        let props =
+            ConnectionProperties::default().with_connection_name(format!("switchyard publisher {}", self.name).into());
+        let connection = Connection::connect(&self.url, props)
+            .await
+            .map_err(|e| self.unavailable(format!("cannot connect: {e}")))?;
         let channel = connection.create_channel().await.map_err(|e| self.unavailable(e))?;
         channel.confirm_select(ConfirmSelectOptions::default()).await.map_err(|e| self.unavailable(e))?;
         *link = Some((connection, channel.clone()));
@@ -527,7 +596,13 @@ impl Publisher for AmqpPublisher {
                 .with_message_id(id.into())
                 .with_timestamp(now_ms() / 1000);
             let confirm = channel
-                .basic_publish(exchange.into(), routing_key.into(), BasicPublishOptions::default(), &m.payload, properties)
+                .basic_publish(
+                    exchange.into(),
+                    routing_key.into(),
+                    BasicPublishOptions::default(),
+                    &m.payload,
+                    properties,
+                )
                 .await;
             match confirm {
                 Ok(c) => confirms.push((m.destination.as_str(), c)),
@@ -540,7 +615,11 @@ impl Publisher for AmqpPublisher {
         for (destination, confirm) in confirms {
             match confirm.await {
                 Ok(Confirmation::Ack(_)) => {}
-                Ok(other) => return Err(self.unavailable(format!("the broker refused the message for {destination:?}: {other:?}"))),
+                Ok(other) => {
+                    return Err(
+                        self.unavailable(format!("the broker refused the message for {destination:?}: {other:?}"))
+                    );
+                }
                 Err(e) => {
                     *link = None;
                     return Err(self.unavailable(format!("no confirm for {destination:?}: {e}")));

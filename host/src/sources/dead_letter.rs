@@ -59,7 +59,14 @@ impl MessageLine {
         };
         let mut headers = message.headers.clone();
         headers.extend(extra.iter().cloned());
-        Self { topic: message.topic.clone(), id: Some(message.id.clone()), key: message.key.clone(), headers, payload, payload_base64 }
+        Self {
+            topic: message.topic.clone(),
+            id: Some(message.id.clone()),
+            key: message.key.clone(),
+            headers,
+            payload,
+            payload_base64,
+        }
     }
 }
 
@@ -113,7 +120,11 @@ impl DeadLetterFile {
 
     /// Append `message` with `headers` added and sync it to disk, on a
     /// blocking thread so the fsync does not stall other messages.
-    pub async fn append(self: &std::sync::Arc<Self>, message: &Message, headers: &[(String, String)]) -> Result<(), SourceError> {
+    pub async fn append(
+        self: &std::sync::Arc<Self>,
+        message: &Message,
+        headers: &[(String, String)],
+    ) -> Result<(), SourceError> {
         let (this, message, headers) = (self.clone(), message.clone(), headers.to_vec());
         match tokio::task::spawn_blocking(move || this.write(&message, &headers)).await {
             Ok(result) => result,
@@ -123,14 +134,16 @@ impl DeadLetterFile {
 
     /// Append `message` with `headers` added, and sync it to disk.
     pub fn write(&self, message: &Message, headers: &[(String, String)]) -> Result<(), SourceError> {
-        let mut line = serde_json::to_vec(&MessageLine::from_message(message, headers)).map_err(|e| self.error(e.into()))?;
+        let mut line =
+            serde_json::to_vec(&MessageLine::from_message(message, headers)).map_err(|e| self.error(e.into()))?;
         line.push(b'\n');
         let mut file = self.file.lock().map_err(|_| self.error(std::io::Error::other("dead-letter lock poisoned")))?;
         if file.is_none() {
             if let Some(dir) = self.path.parent() {
                 std::fs::create_dir_all(dir).map_err(|e| self.error(e))?;
             }
-            let opened = std::fs::OpenOptions::new().create(true).append(true).open(&self.path).map_err(|e| self.error(e))?;
+            let opened =
+                std::fs::OpenOptions::new().create(true).append(true).open(&self.path).map_err(|e| self.error(e))?;
             *file = Some(opened);
         }
         if let Some(f) = file.as_mut() {

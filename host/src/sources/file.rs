@@ -205,7 +205,11 @@ impl Source for FileSource {
             }
             match parse_line(&self.name, number, &line) {
                 Ok(message) => {
-                    let settle = Box::new(FileSettle { line: number, checkpoint: checkpoint.clone(), dead_letter: self.dead_letter.clone() });
+                    let settle = Box::new(FileSettle {
+                        line: number,
+                        checkpoint: checkpoint.clone(),
+                        dead_letter: self.dead_letter.clone(),
+                    });
                     if out.send(Delivery { message, settle }).await.is_err() {
                         return Ok(());
                     }
@@ -227,7 +231,8 @@ mod tests {
 
     #[test]
     fn lines_become_messages() {
-        let m = parse_line("s", 4, r#"{"topic": "t", "key": "k", "headers": {"a": "1"}, "payload": {"x": 1}}"#).unwrap();
+        let m =
+            parse_line("s", 4, r#"{"topic": "t", "key": "k", "headers": {"a": "1"}, "payload": {"x": 1}}"#).unwrap();
         assert_eq!((m.id.as_str(), m.topic.as_str(), m.key.as_deref()), ("s:4", "t", Some("k")));
         assert_eq!(m.headers, vec![("a".to_string(), "1".to_string())]);
         assert_eq!(m.payload, br#"{"x":1}"#);

@@ -112,7 +112,10 @@ async fn ingest(State(state): State<Ingest>, Path(topic): Path<String>, headers:
     let (reply, settled) = oneshot::channel();
     let settle = Box::new(HttpSettle { reply, dead_letter: state.dead_letter.clone() });
     let unavailable = || {
-        (StatusCode::SERVICE_UNAVAILABLE, axum::Json(json!({ "id": id, "outcome": "not-handled", "reason": "the host is shutting down" })))
+        (
+            StatusCode::SERVICE_UNAVAILABLE,
+            axum::Json(json!({ "id": id, "outcome": "not-handled", "reason": "the host is shutting down" })),
+        )
     };
     if state.out.send(Delivery { message, settle }).await.is_err() {
         return unavailable();
@@ -128,7 +131,8 @@ impl Source for HttpSource {
             .await
             .map_err(|e| failed(format!("cannot listen on {}: {e}", self.listen)))?;
         tracing::info!(source = %self.name, listen = %self.listen, "http source listening");
-        let started = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_millis()).unwrap_or(0);
+        let started =
+            std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_millis()).unwrap_or(0);
         let state = Ingest {
             name: self.name.as_str().into(),
             out,

@@ -187,7 +187,8 @@ impl KafkaConfig {
 pub fn build(name: &str, config: &KafkaConfig, concurrency: usize) -> (Box<dyn Source>, Arc<dyn Publisher>) {
     let max_in_flight = config.max_in_flight.unwrap_or(concurrency.saturating_mul(2)).max(1);
     let producer = Arc::new(Producer::new(name, config));
-    let source = KafkaSource { name: name.to_string(), config: config.clone(), max_in_flight, producer: producer.clone() };
+    let source =
+        KafkaSource { name: name.to_string(), config: config.clone(), max_in_flight, producer: producer.clone() };
     (Box::new(source), producer)
 }
 
@@ -433,7 +434,9 @@ impl Producer {
             if let Some(key) = &r.key {
                 record = record.key(key.as_bytes());
             }
-            async move { producer.send(record, timeout).await.map_err(|(e, _)| format!("cannot produce to {:?}: {e}", r.topic)) }
+            async move {
+                producer.send(record, timeout).await.map_err(|(e, _)| format!("cannot produce to {:?}: {e}", r.topic))
+            }
         });
         for result in futures::future::join_all(sends).await {
             result?;
@@ -538,10 +541,13 @@ impl KafkaSource {
             .set("group.id", &self.config.group)
             .set("enable.auto.commit", "false")
             .set("enable.auto.offset.store", "false")
-            .set("auto.offset.reset", match self.config.start_from {
-                StartFrom::Earliest => "earliest",
-                StartFrom::Latest => "latest",
-            })
+            .set(
+                "auto.offset.reset",
+                match self.config.start_from {
+                    StartFrom::Earliest => "earliest",
+                    StartFrom::Latest => "latest",
+                },
+            )
             .set("session.timeout.ms", self.config.session_timeout_ms.to_string())
             .set("enable.partition.eof", "false");
         let context = GroupContext {
@@ -583,7 +589,9 @@ impl KafkaSource {
         let results = admin.create_topics(&topics, &options).await.map_err(|e| format!("cannot create topics: {e}"))?;
         for result in results {
             match result {
-                Ok(topic) => tracing::info!(source = %self.name, %topic, partitions = self.config.partitions, "created Kafka topic"),
+                Ok(topic) => {
+                    tracing::info!(source = %self.name, %topic, partitions = self.config.partitions, "created Kafka topic")
+                }
                 Err((_, RDKafkaErrorCode::TopicAlreadyExists)) => {}
                 Err((topic, code)) => return Err(format!("cannot create topic {topic:?}: {code}")),
             }
@@ -788,7 +796,10 @@ impl KafkaSettle {
     fn fail(&self, message: &Message, what: String) -> SourceError {
         SourceError::Failed {
             source_name: message.source.clone(),
-            message: format!("topic {:?} partition {} offset {}: {what}", self.record_topic, self.partition, self.offset),
+            message: format!(
+                "topic {:?} partition {} offset {}: {what}",
+                self.record_topic, self.partition, self.offset
+            ),
         }
     }
 }
@@ -825,7 +836,8 @@ impl Settle for KafkaSettle {
                         return Ok(());
                     }
                 }
-                let mut headers = with_header(message.headers.clone(), ATTEMPT_HEADER, (message.attempt + 1).to_string());
+                let mut headers =
+                    with_header(message.headers.clone(), ATTEMPT_HEADER, (message.attempt + 1).to_string());
                 headers = with_header(headers, ID_HEADER, message.id.clone());
                 headers = with_header(headers, TOPIC_HEADER, message.topic.clone());
                 let record = Record {
@@ -843,7 +855,12 @@ impl Settle for KafkaSettle {
                 all = with_header(all, TOPIC_HEADER, message.topic.clone());
                 all.push(("switchyard-partition".into(), self.partition.to_string()));
                 all.push(("switchyard-offset".into(), self.offset.to_string()));
-                let record = Record { topic: self.dead_letter.clone(), key: message.key.clone(), headers: all, payload: message.payload.clone() };
+                let record = Record {
+                    topic: self.dead_letter.clone(),
+                    key: message.key.clone(),
+                    headers: all,
+                    payload: message.payload.clone(),
+                };
                 self.shared.producer.produce(&[record]).await.map_err(|e| {
                     tracing::error!(source = %self.shared.source, address = %self.shared.address, "Kafka: {e}");
                     self.fail(message, format!("dead letter: {e}"))

@@ -110,13 +110,18 @@ impl Drop for LocalSettle {
 
 #[async_trait]
 impl Source for LocalSource {
-    async fn run(mut self: Box<Self>, out: mpsc::Sender<Delivery>, shutdown: CancellationToken) -> Result<(), SourceError> {
+    async fn run(
+        mut self: Box<Self>,
+        out: mpsc::Sender<Delivery>,
+        shutdown: CancellationToken,
+    ) -> Result<(), SourceError> {
         loop {
             let message = tokio::select! {
                 _ = shutdown.cancelled() => break,
                 m = self.rx.recv() => match m { Some(m) => m, None => break },
             };
-            let settle = Box::new(LocalSettle { dead_letter: self.dead_letter.clone(), pending: Some(message.clone()) });
+            let settle =
+                Box::new(LocalSettle { dead_letter: self.dead_letter.clone(), pending: Some(message.clone()) });
             if out.send(Delivery { message, settle }).await.is_err() {
                 break;
             }

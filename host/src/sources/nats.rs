@@ -120,7 +120,11 @@ pub fn build_core(name: &str, config: &NatsConfig) -> (Box<dyn Source>, Arc<dyn 
 }
 
 /// The source and publisher for one `jetstream` source config.
-pub fn build_jetstream(name: &str, config: &JetStreamConfig, concurrency: usize) -> (Box<dyn Source>, Arc<dyn Publisher>) {
+pub fn build_jetstream(
+    name: &str,
+    config: &JetStreamConfig,
+    concurrency: usize,
+) -> (Box<dyn Source>, Arc<dyn Publisher>) {
     let max_ack_pending = config.max_ack_pending.unwrap_or((concurrency.saturating_mul(2)).max(1) as i64);
     let source = JetStreamSource { name: name.to_string(), config: config.clone(), max_ack_pending };
     (Box::new(source), Arc::new(NatsPublisher::new(name, &config.url, true)))
@@ -233,7 +237,9 @@ impl CoreSource {
 #[async_trait]
 impl Source for CoreSource {
     async fn run(self: Box<Self>, out: mpsc::Sender<Delivery>, shutdown: CancellationToken) -> Result<(), SourceError> {
-        let Some(client) = connect_with_backoff("NATS", &self.name, &self.config.url, None, &shutdown).await else { return Ok(()) };
+        let Some(client) = connect_with_backoff("NATS", &self.name, &self.config.url, None, &shutdown).await else {
+            return Ok(());
+        };
         let mut subscriptions = Vec::new();
         let mut backoff = Backoff::default();
         for subject in &self.config.subjects {
@@ -270,9 +276,9 @@ impl Source for CoreSource {
                 m = messages.next() => match m { Some(m) => m, None => break },
             };
             let headers = headers_of(m.headers.as_ref());
-            let id = find(&headers, "Nats-Msg-Id").or_else(|| find(&headers, ID_HEADER)).unwrap_or_else(|| {
-                format!("{}-{started}-{}", self.name, self.next_id.fetch_add(1, Ordering::Relaxed))
-            });
+            let id = find(&headers, "Nats-Msg-Id")
+                .or_else(|| find(&headers, ID_HEADER))
+                .unwrap_or_else(|| format!("{}-{started}-{}", self.name, self.next_id.fetch_add(1, Ordering::Relaxed)));
             let message = Message {
                 id,
                 source: self.name.clone(),
@@ -315,10 +321,17 @@ impl Settle for CoreSettle {
                 all.push(("switchyard-subject".into(), message.topic.clone()));
                 let fail = |e: String| SourceError::Failed {
                     source_name: message.source.clone(),
-                    message: format!("cannot publish the dead letter of {:?} to {:?}: {e}", message.topic, self.dead_letter),
+                    message: format!(
+                        "cannot publish the dead letter of {:?} to {:?}: {e}",
+                        message.topic, self.dead_letter
+                    ),
                 };
                 self.client
-                    .publish_with_headers(self.dead_letter.to_string(), header_map(&all), message.payload.clone().into())
+                    .publish_with_headers(
+                        self.dead_letter.to_string(),
+                        header_map(&all),
+                        message.payload.clone().into(),
+                    )
                     .await
                     .map_err(|e| fail(e.to_string()))?;
                 self.client.flush().await.map_err(|e| fail(e.to_string()))
@@ -404,7 +417,9 @@ impl Source for JetStreamSource {
     async fn run(self: Box<Self>, out: mpsc::Sender<Delivery>, shutdown: CancellationToken) -> Result<(), SourceError> {
         // A server that restarted has forgotten the pull requests it held.
         let reconnected = Arc::new(Notify::new());
-        let Some(client) = connect_with_backoff("NATS JetStream", &self.name, &self.config.url, Some(reconnected.clone()), &shutdown).await
+        let Some(client) =
+            connect_with_backoff("NATS JetStream", &self.name, &self.config.url, Some(reconnected.clone()), &shutdown)
+                .await
         else {
             return Ok(());
         };
@@ -415,7 +430,14 @@ impl Source for JetStreamSource {
         loop {
             let puller = match self.consumer(&js).await {
                 Ok(_) => {
-                    Puller::start(&client, &self.config.stream, &self.config.consumer, self.max_ack_pending, reconnected.clone()).await
+                    Puller::start(
+                        &client,
+                        &self.config.stream,
+                        &self.config.consumer,
+                        self.max_ack_pending,
+                        reconnected.clone(),
+                    )
+                    .await
                 }
                 Err(e) => Err(e),
             };
@@ -548,7 +570,11 @@ impl Puller {
             if self.owed <= self.batch / 2 {
                 self.owed += self.batch;
                 self.heard = tokio::time::Instant::now();
-                if let Err(e) = self.client.publish_with_reply(self.subject.clone(), self.inbox.clone(), self.request.clone().into()).await {
+                if let Err(e) = self
+                    .client
+                    .publish_with_reply(self.subject.clone(), self.inbox.clone(), self.request.clone().into())
+                    .await
+                {
                     self.owed -= self.batch;
                     return Pulled::Retry(format!("cannot request messages: {e}"));
                 }
@@ -606,7 +632,10 @@ impl Puller {
                     return Pulled::Reset("no JetStream consumer answered the pull request".into());
                 }
                 Some(status) => {
-                    return Pulled::Retry(format!("unexpected status {status} on a pull: {}", m.description.unwrap_or_default()));
+                    return Pulled::Retry(format!(
+                        "unexpected status {status} on a pull: {}",
+                        m.description.unwrap_or_default()
+                    ));
                 }
             }
         }
@@ -641,7 +670,11 @@ impl Settle for JetStreamSettle {
                 all.push(("switchyard-subject".into(), message.topic.clone()));
                 all.push(("switchyard-stream-sequence".into(), message.id.clone()));
                 self.js
-                    .publish_with_headers(self.dead_letter.to_string(), header_map(&all), message.payload.clone().into())
+                    .publish_with_headers(
+                        self.dead_letter.to_string(),
+                        header_map(&all),
+                        message.payload.clone().into(),
+                    )
                     .await
                     .map_err(|e| fail("cannot publish the dead letter", e.to_string()))?
                     .await
@@ -676,7 +709,11 @@ impl NatsPublisher {
 #[async_trait]
 impl Publisher for NatsPublisher {
     async fn publish(&self, messages: Vec<Outgoing>) -> Result<(), BackendError> {
-        let client = self.client.get_or_try_init(|| connect(&self.name, &self.url, None)).await.map_err(|e| self.unavailable(e))?;
+        let client = self
+            .client
+            .get_or_try_init(|| connect(&self.name, &self.url, None))
+            .await
+            .map_err(|e| self.unavailable(e))?;
         let js = jetstream::new(client.clone());
         let mut acks = Vec::new();
         for m in messages {

@@ -18,7 +18,9 @@ use std::time::Duration;
 use async_trait::async_trait;
 use redis::AsyncCommands;
 use redis::aio::{ConnectionManager, ConnectionManagerConfig};
-use redis::streams::{StreamAutoClaimOptions, StreamAutoClaimReply, StreamId, StreamPendingCountReply, StreamReadOptions, StreamReadReply};
+use redis::streams::{
+    StreamAutoClaimOptions, StreamAutoClaimReply, StreamId, StreamPendingCountReply, StreamReadOptions, StreamReadReply,
+};
 use serde::Deserialize;
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
@@ -79,12 +81,20 @@ pub fn dead_letter_stream(stream: &str) -> String {
 /// The source and publisher for one `redis` source config.
 pub fn build(name: &str, config: &RedisStreamsConfig, concurrency: usize) -> (Box<dyn Source>, Arc<dyn Publisher>) {
     let consumer = config.consumer.clone().unwrap_or_else(|| {
-        let host = std::fs::read_to_string("/etc/hostname").map(|h| h.trim().to_string()).unwrap_or_else(|_| "host".into());
+        let host =
+            std::fs::read_to_string("/etc/hostname").map(|h| h.trim().to_string()).unwrap_or_else(|_| "host".into());
         format!("{host}-{}", std::process::id())
     });
     let batch = config.batch.unwrap_or((concurrency.saturating_mul(2)).max(1));
     let source = RedisStreamsSource { name: name.to_string(), config: config.clone(), consumer, batch };
-    (Box::new(source), Arc::new(RedisPublisher { name: name.to_string(), url: config.url.clone(), conn: tokio::sync::OnceCell::new() }))
+    (
+        Box::new(source),
+        Arc::new(RedisPublisher {
+            name: name.to_string(),
+            url: config.url.clone(),
+            conn: tokio::sync::OnceCell::new(),
+        }),
+    )
 }
 
 async fn connect(url: &str) -> Result<ConnectionManager, String> {
@@ -125,11 +135,14 @@ impl RedisStreamsSource {
 
     async fn create_groups(&self, conn: &mut ConnectionManager) -> Result<(), String> {
         for stream in &self.config.streams {
-            let created: Result<(), redis::RedisError> = conn.xgroup_create_mkstream(stream, &self.config.group, "0").await;
+            let created: Result<(), redis::RedisError> =
+                conn.xgroup_create_mkstream(stream, &self.config.group, "0").await;
             match created {
                 Ok(()) => {}
                 Err(e) if e.code() == Some("BUSYGROUP") => {}
-                Err(e) => return Err(format!("cannot create group {:?} on stream {:?}: {e}", self.config.group, stream)),
+                Err(e) => {
+                    return Err(format!("cannot create group {:?} on stream {:?}: {e}", self.config.group, stream));
+                }
             }
         }
         Ok(())
@@ -175,7 +188,14 @@ impl RedisStreamsSource {
         }
     }
 
-    async fn send(&self, out: &mpsc::Sender<Delivery>, shared: &Arc<Shared>, stream: &str, entries: Vec<StreamId>, counts: Option<Vec<u32>>) -> bool {
+    async fn send(
+        &self,
+        out: &mpsc::Sender<Delivery>,
+        shared: &Arc<Shared>,
+        stream: &str,
+        entries: Vec<StreamId>,
+        counts: Option<Vec<u32>>,
+    ) -> bool {
         for (i, entry) in entries.into_iter().enumerate() {
             if entry.map.is_empty() {
                 // Deleted while pending: nothing to handle; drop it from the PEL.
@@ -199,21 +219,30 @@ impl RedisStreamsSource {
     }
 
     /// Read and hand on entries until shutdown or a failure.
-    async fn session(&self, out: &mpsc::Sender<Delivery>, shutdown: &CancellationToken, backoff: &mut Backoff) -> Result<(), String> {
+    async fn session(
+        &self,
+        out: &mpsc::Sender<Delivery>,
+        shutdown: &CancellationToken,
+        backoff: &mut Backoff,
+    ) -> Result<(), String> {
         let mut reader = tokio::select! {
             _ = shutdown.cancelled() => return Ok(()),
             c = connect(&self.config.url) => c?,
         };
         self.create_groups(&mut reader).await?;
         let settler = connect(&self.config.url).await?;
-        let shared = Arc::new(Shared { conn: settler, group: self.config.group.clone(), in_flight: Mutex::new(HashSet::new()) });
+        let shared =
+            Arc::new(Shared { conn: settler, group: self.config.group.clone(), in_flight: Mutex::new(HashSet::new()) });
         tracing::info!(source = %self.name, address = %redact(&self.config.url), streams = ?self.config.streams, group = %self.config.group, consumer = %self.consumer, "reading Redis streams");
         backoff.reset();
 
         // What this consumer left pending before a restart comes first.
         for stream in &self.config.streams {
             let opts = StreamReadOptions::default().group(&self.config.group, &self.consumer).count(10_000);
-            let reply: StreamReadReply = reader.xread_options(&[stream], &["0"], &opts).await.map_err(|e| format!("cannot read pending entries of {stream:?}: {e}"))?;
+            let reply: StreamReadReply = reader
+                .xread_options(&[stream], &["0"], &opts)
+                .await
+                .map_err(|e| format!("cannot read pending entries of {stream:?}: {e}"))?;
             for key in reply.keys {
                 let counts = self.delivery_counts(&mut reader, stream, &key.ids).await;
                 if !self.send(out, &shared, stream, key.ids, Some(counts)).await {
@@ -234,7 +263,14 @@ impl RedisStreamsSource {
                 for stream in &self.config.streams {
                     let opts = StreamAutoClaimOptions::default().count(self.batch);
                     let reply: StreamAutoClaimReply = reader
-                        .xautoclaim_options(stream, &self.config.group, &self.consumer, self.config.claim_idle_ms, "0-0", opts)
+                        .xautoclaim_options(
+                            stream,
+                            &self.config.group,
+                            &self.consumer,
+                            self.config.claim_idle_ms,
+                            "0-0",
+                            opts,
+                        )
                         .await
                         .map_err(|e| format!("cannot claim idle entries of {stream:?}: {e}"))?;
                     if !reply.claimed.is_empty() {
@@ -318,7 +354,10 @@ impl Settle for RedisSettle {
         let mut conn = self.shared.conn.clone();
         match settlement {
             Settlement::Ack => {
-                let _: i64 = conn.xack(&message.topic, &self.shared.group, &[&message.id]).await.map_err(|e| fail("XACK failed", e))?;
+                let _: i64 = conn
+                    .xack(&message.topic, &self.shared.group, &[&message.id])
+                    .await
+                    .map_err(|e| fail("XACK failed", e))?;
                 Ok(())
             }
             Settlement::Retry { .. } => Err(SourceError::Failed {
@@ -336,8 +375,15 @@ impl Settle for RedisSettle {
                 fields.push(("switchyard-stream".into(), message.topic.clone().into_bytes()));
                 fields.push(("switchyard-entry-id".into(), message.id.clone().into_bytes()));
                 let mut pipe = redis::pipe();
-                pipe.atomic().xadd(&self.dead_letter, "*", &fields).ignore().xack(&message.topic, &self.shared.group, &[&message.id]).ignore();
-                let _: () = pipe.query_async(&mut conn).await.map_err(|e| fail(&format!("cannot move it to {:?}", self.dead_letter), e))?;
+                pipe.atomic()
+                    .xadd(&self.dead_letter, "*", &fields)
+                    .ignore()
+                    .xack(&message.topic, &self.shared.group, &[&message.id])
+                    .ignore();
+                let _: () = pipe
+                    .query_async(&mut conn)
+                    .await
+                    .map_err(|e| fail(&format!("cannot move it to {:?}", self.dead_letter), e))?;
                 Ok(())
             }
         }
@@ -356,7 +402,9 @@ pub struct RedisPublisher {
 #[async_trait]
 impl Publisher for RedisPublisher {
     async fn publish(&self, messages: Vec<Outgoing>) -> Result<(), BackendError> {
-        let unavailable = |what: String| BackendError::Unavailable(format!("Redis source {} at {}: {what}", self.name, redact(&self.url)));
+        let unavailable = |what: String| {
+            BackendError::Unavailable(format!("Redis source {} at {}: {what}", self.name, redact(&self.url)))
+        };
         let mut conn = self.conn.get_or_try_init(|| connect(&self.url)).await.map_err(unavailable)?.clone();
         let mut pipe = redis::pipe();
         for m in &messages {
@@ -371,7 +419,8 @@ impl Publisher for RedisPublisher {
             }
             pipe.xadd(&m.destination, "*", &fields).ignore();
         }
-        let _: () = pipe.query_async(&mut conn).await.map_err(|e| unavailable(format!("cannot add to streams: {e}")))?;
+        let _: () =
+            pipe.query_async(&mut conn).await.map_err(|e| unavailable(format!("cannot add to streams: {e}")))?;
         Ok(())
     }
 }

@@ -152,9 +152,11 @@ pub async fn db(t: &DbUnderTest, base: &str) {
     let mut nulls = vec![Value::Int(2)];
     nulls.extend(std::iter::repeat_n(Value::Null, 7));
     assert_eq!(t.db.execute(&insert, nulls.clone()).await.unwrap(), 1);
-    let back = t
-        .db
-        .query(&format!("SELECT id, b, i, f, s, by_, j, ts FROM {typed} WHERE id >= {} ORDER BY id", t.ph(1)), vec![Value::Int(0)])
+    let back =
+        t.db.query(
+            &format!("SELECT id, b, i, f, s, by_, j, ts FROM {typed} WHERE id >= {} ORDER BY id", t.ph(1)),
+            vec![Value::Int(0)],
+        )
         .await
         .unwrap();
     assert_eq!(back.columns, ["id", "b", "i", "f", "s", "by_", "j", "ts"]);
@@ -254,7 +256,8 @@ async fn db_grants(t: &DbUnderTest, base: &str) {
         backend = t.backend_toml
     );
     let sql_message = |id: &str, sql: String, params: &[&str]| {
-        serde_json::json!({"topic": "sql", "id": id, "payload": {"mode": "sql", "sql": sql, "params": params}}).to_string()
+        serde_json::json!({"topic": "sql", "id": id, "payload": {"mode": "sql", "sql": sql, "params": params}})
+            .to_string()
     };
     let lines = [
         sql_message("allowed", format!("INSERT INTO {rows} (id, name) VALUES (5000, {})", t.ph(1)), &["granted"]),

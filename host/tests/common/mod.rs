@@ -108,7 +108,8 @@ pub async fn post(url: &str, headers: &[(&str, &str)], body: &[u8]) -> (u16, Str
     let rest = url.strip_prefix("http://").unwrap();
     let (authority, path) = rest.split_at(rest.find('/').unwrap());
     let mut stream = tokio::net::TcpStream::connect(authority).await.unwrap();
-    let mut request = format!("POST {path} HTTP/1.1\r\nhost: {authority}\r\ncontent-length: {}\r\nconnection: close\r\n", body.len());
+    let mut request =
+        format!("POST {path} HTTP/1.1\r\nhost: {authority}\r\ncontent-length: {}\r\nconnection: close\r\n", body.len());
     for (name, value) in headers {
         request.push_str(&format!("{name}: {value}\r\n"));
     }

@@ -113,9 +113,13 @@ async fn reset(db: &SagaDb<'_>) {
     for table in ["saga_orders", "saga_stock", "saga_ledger"] {
         db.direct.exec(&format!("DROP TABLE IF EXISTS {table}")).await;
     }
-    db.direct.exec(&format!("CREATE TABLE saga_orders (id {t} PRIMARY KEY, item {t} NOT NULL, qty BIGINT NOT NULL)")).await;
+    db.direct
+        .exec(&format!("CREATE TABLE saga_orders (id {t} PRIMARY KEY, item {t} NOT NULL, qty BIGINT NOT NULL)"))
+        .await;
     db.direct.exec(&format!("CREATE TABLE saga_stock (item {t} PRIMARY KEY, stock BIGINT NOT NULL)")).await;
-    db.direct.exec(&format!("CREATE TABLE saga_ledger (order_id {t} NOT NULL, item {t} NOT NULL, qty BIGINT NOT NULL)")).await;
+    db.direct
+        .exec(&format!("CREATE TABLE saga_ledger (order_id {t} NOT NULL, item {t} NOT NULL, qty BIGINT NOT NULL)"))
+        .await;
     db.direct.exec("INSERT INTO saga_stock (item, stock) VALUES ('widget', 1000), ('rare', 3)").await;
     // Nothing an earlier run left in the inbox or outbox.
     for ddl in transaction_tables(db.placeholders) {
@@ -218,7 +222,11 @@ async fn scenario(db: &SagaDb<'_>, point: &str, redis_db: u8) {
     let d = db.direct;
     let ledger = d.int("SELECT count(*) FROM saga_ledger").await;
     let distinct = d.int("SELECT count(DISTINCT order_id) FROM saga_ledger").await;
-    assert_eq!((ledger, distinct), (expected_events as i64, expected_events as i64), "ledger rows after a crash at {point}");
+    assert_eq!(
+        (ledger, distinct),
+        (expected_events as i64, expected_events as i64),
+        "ledger rows after a crash at {point}"
+    );
     assert_eq!(d.int("SELECT count(*) FROM saga_orders").await, expected_events as i64);
     assert_eq!(d.int("SELECT stock FROM saga_stock WHERE item = 'rare'").await, 0, "rare stock");
     assert_eq!(
@@ -226,7 +234,11 @@ async fn scenario(db: &SagaDb<'_>, point: &str, redis_db: u8) {
         1000 - orders.widget_taken,
         "widget stock after a crash at {point}"
     );
-    assert_eq!(d.int("SELECT count(*) FROM saga_ledger WHERE order_id LIKE 'f%'").await, 0, "a failed order's writes rolled back");
+    assert_eq!(
+        d.int("SELECT count(*) FROM saga_ledger WHERE order_id LIKE 'f%'").await,
+        0,
+        "a failed order's writes rolled back"
+    );
 
     // Every event published, each under one stable id. A crash between the
     // relay's publish and its delete of the sent rows (a crash in a handler's
@@ -238,7 +250,10 @@ async fn scenario(db: &SagaDb<'_>, point: &str, redis_db: u8) {
         ids.entry(order.as_str()).or_default().insert(id.as_str());
     }
     assert_eq!(ids.len(), expected_events, "orders with an event after a crash at {point}: {ids:?}");
-    assert!(ids.values().all(|v| v.len() == 1), "an order's event went out under two ids after a crash at {point}: {ids:?}");
+    assert!(
+        ids.values().all(|v| v.len() == 1),
+        "an order's event went out under two ids after a crash at {point}: {ids:?}"
+    );
     for order in orders.reserved.keys() {
         assert!(ids.contains_key(order.as_str()), "order {order} was reserved");
     }

@@ -405,9 +405,9 @@ pub async fn order_per_key<B: Broker>(broker: &B, dir: &Path) {
             assert!(pair[1].started_ms >= pair[0].ended_ms, "two messages of key {key} ran at once: {pair:?}");
         }
     }
-    let overlapping = rows.iter().any(|a| {
-        rows.iter().any(|b| a.key != b.key && a.started_ms < b.ended_ms && b.started_ms < a.ended_ms)
-    });
+    let overlapping = rows
+        .iter()
+        .any(|a| rows.iter().any(|b| a.key != b.key && a.started_ms < b.ended_ms && b.started_ms < a.ended_ms));
     assert!(overlapping, "different keys never ran in parallel");
 }
 
@@ -422,7 +422,10 @@ pub async fn sigkill_and_restart<B: Broker>(broker: &B, dir: &Path, in_flight_bo
     let at_kill = host.rows().await.len();
     assert!(at_kill < 300, "the kill should come mid-stream");
     host.restart();
-    wait_for(120, "all 300 messages handled after the restart", || async { distinct_seqs(&host.rows().await).len() == 300 }).await;
+    wait_for(120, "all 300 messages handled after the restart", || async {
+        distinct_seqs(&host.rows().await).len() == 300
+    })
+    .await;
     assert!(host.terminate().success());
     let rows = host.rows().await;
     let mut counts: BTreeMap<i64, usize> = BTreeMap::new();
@@ -431,7 +434,10 @@ pub async fn sigkill_and_restart<B: Broker>(broker: &B, dir: &Path, in_flight_bo
     }
     let twice = counts.values().filter(|c| **c > 1).count();
     assert!(counts.values().all(|c| *c <= 2), "a message ran more than twice: {counts:?}");
-    assert!(twice <= in_flight_bound, "{twice} messages ran twice; at most {in_flight_bound} could have been in flight");
+    assert!(
+        twice <= in_flight_bound,
+        "{twice} messages ran twice; at most {in_flight_bound} could have been in flight"
+    );
     if let Some(backlog) = broker.backlog().await {
         assert_eq!(backlog, 0);
     }

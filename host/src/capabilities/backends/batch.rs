@@ -42,13 +42,18 @@ impl<Op: Send + 'static, Out: Send + 'static> Batcher<Op, Out> {
                 let count = ops.len();
                 let results = apply(ops).await;
                 if results.len() != count {
-                    tracing::error!(batcher = name, expected = count, got = results.len(), "batch returned the wrong number of results");
+                    tracing::error!(
+                        batcher = name,
+                        expected = count,
+                        got = results.len(),
+                        "batch returned the wrong number of results"
+                    );
                 }
                 let mut results = results.into_iter();
                 for reply in replies {
-                    let result = results
-                        .next()
-                        .unwrap_or_else(|| Err(BackendError::Unavailable(format!("{name}: no result for this operation"))));
+                    let result = results.next().unwrap_or_else(|| {
+                        Err(BackendError::Unavailable(format!("{name}: no result for this operation")))
+                    });
                     let _ = reply.send(result);
                 }
             }
@@ -59,10 +64,7 @@ impl<Op: Send + 'static, Out: Send + 'static> Batcher<Op, Out> {
     /// Submit one operation and wait until its batch has been applied.
     pub async fn call(&self, op: Op) -> Result<Out, BackendError> {
         let (reply, rx) = oneshot::channel();
-        self.tx
-            .send((op, reply))
-            .await
-            .map_err(|_| BackendError::Unavailable(format!("{} has stopped", self.name)))?;
+        self.tx.send((op, reply)).await.map_err(|_| BackendError::Unavailable(format!("{} has stopped", self.name)))?;
         rx.await.map_err(|_| BackendError::Unavailable(format!("{} dropped the operation", self.name)))?
     }
 }
@@ -80,10 +82,17 @@ mod tests {
             seen.lock().unwrap().push(ops.len());
             async move {
                 tokio::time::sleep(std::time::Duration::from_millis(5)).await;
-                ops.into_iter().map(|n| if n % 7 == 0 { Err(BackendError::Invalid(format!("{n}"))) } else { Ok(n * 2) }).collect()
+                ops.into_iter()
+                    .map(|n| if n % 7 == 0 { Err(BackendError::Invalid(format!("{n}"))) } else { Ok(n * 2) })
+                    .collect()
             }
         });
-        let calls: Vec<_> = (1..=200u32).map(|n| { let b = batcher.clone(); tokio::spawn(async move { (n, b.call(n).await) }) }).collect();
+        let calls: Vec<_> = (1..=200u32)
+            .map(|n| {
+                let b = batcher.clone();
+                tokio::spawn(async move { (n, b.call(n).await) })
+            })
+            .collect();
         for call in calls {
             let (n, result) = call.await.unwrap();
             if n % 7 == 0 {

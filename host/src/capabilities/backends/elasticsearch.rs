@@ -82,7 +82,12 @@ impl ElasticsearchSearch {
 }
 
 /// Send a batch as `_bulk` requests of bounded size; one result per operation.
-async fn bulk(client: &Elasticsearch, address: &str, refresh: Refresh, batch: Vec<Op>) -> Vec<Result<(), BackendError>> {
+async fn bulk(
+    client: &Elasticsearch,
+    address: &str,
+    refresh: Refresh,
+    batch: Vec<Op>,
+) -> Vec<Result<(), BackendError>> {
     let mut results = Vec::with_capacity(batch.len());
     let mut lines = Vec::new();
     let mut bytes = 0;
@@ -148,7 +153,12 @@ async fn send(
             if status.is_success() || (action == "delete" && status == StatusCode::NOT_FOUND) {
                 Ok(())
             } else {
-                Err(status_error(address, &format!("{action} of {:?} in {:?}", result["_id"], result["_index"]), status, result))
+                Err(status_error(
+                    address,
+                    &format!("{action} of {:?} in {:?}", result["_id"], result["_index"]),
+                    status,
+                    result,
+                ))
             }
         })
         .collect()

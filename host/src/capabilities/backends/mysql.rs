@@ -22,8 +22,8 @@ use super::postgres::{micros, timestamp};
 use super::sql::{self, Placeholders, Planner, ServerOptions, SqlConnection, Statement1};
 use crate::capabilities::db::{Begun, DbBackend, DbTransaction, InboxKey, InboxOutcome, SqlDialect};
 use crate::capabilities::publish::Publisher;
-use crate::runtime::bindings::publish::Outgoing;
 use crate::runtime::bindings::db::{RowSet, Value};
+use crate::runtime::bindings::publish::Outgoing;
 
 /// The `mysql` db backend (MySQL and MariaDB).
 pub struct MySqlDb {
@@ -37,9 +37,8 @@ impl MySqlDb {
 
     /// Connect to `url` and run the `init` statements in order.
     pub async fn open(url: &str, options: &ServerOptions) -> Result<Self, BackendError> {
-        let connect: MySqlConnectOptions = url
-            .parse()
-            .map_err(|e| BackendError::Invalid(format!("mysql url {}: {e}", sql::redact(url))))?;
+        let connect: MySqlConnectOptions =
+            url.parse().map_err(|e| BackendError::Invalid(format!("mysql url {}: {e}", sql::redact(url))))?;
         let connect = connect.timezone(Some("+00:00".to_string()));
         let address = format!("mysql at {}", sql::redact(url));
         let pool = MySqlPoolOptions::new()
@@ -49,7 +48,9 @@ impl MySqlDb {
             // commit that adds to the outbox while the relay publishes.
             .after_connect(|conn, _| {
                 Box::pin(async move {
-                    SqlConnection::run(conn, "SET SESSION TRANSACTION ISOLATION LEVEL READ COMMITTED", &[]).await.map(drop)
+                    SqlConnection::run(conn, "SET SESSION TRANSACTION ISOLATION LEVEL READ COMMITTED", &[])
+                        .await
+                        .map(drop)
                 })
             })
             .max_connections(options.max_connections)
@@ -114,7 +115,9 @@ fn decode(row: &MySqlRow, i: usize) -> Result<Value, sqlx::Error> {
     }
     let type_name = raw.type_info().name().to_string();
     let unsigned = |n: u64| {
-        i64::try_from(n).map(Value::Int).map_err(|_| sqlx::Error::Decode(format!("unsigned value {n} does not fit in 64 signed bits").into()))
+        i64::try_from(n)
+            .map(Value::Int)
+            .map_err(|_| sqlx::Error::Decode(format!("unsigned value {n} does not fit in 64 signed bits").into()))
     };
     Ok(match type_name.as_str() {
         "BOOLEAN" => Value::Boolean(row.try_get(i)?),
@@ -138,13 +141,19 @@ fn decode(row: &MySqlRow, i: usize) -> Result<Value, sqlx::Error> {
         "CHAR" | "VARCHAR" | "TINYTEXT" | "TEXT" | "MEDIUMTEXT" | "LONGTEXT" | "ENUM" | "SET" => {
             Value::Text(row.try_get_unchecked(i)?)
         }
-        "BINARY" | "VARBINARY" | "TINYBLOB" | "BLOB" | "MEDIUMBLOB" | "LONGBLOB" | "BIT" => Value::Bytes(row.try_get(i)?),
+        "BINARY" | "VARBINARY" | "TINYBLOB" | "BLOB" | "MEDIUMBLOB" | "LONGBLOB" | "BIT" => {
+            Value::Bytes(row.try_get(i)?)
+        }
         "DATETIME" => Value::Timestamp(micros(row.try_get::<PrimitiveDateTime, _>(i)?.assume_utc())?),
         "TIMESTAMP" => Value::Timestamp(micros(row.try_get::<OffsetDateTime, _>(i)?)?),
         "DATE" => Value::Timestamp(micros(row.try_get::<sqlx::types::time::Date, _>(i)?.midnight().assume_utc())?),
         other => {
             return Err(sqlx::Error::Decode(
-                format!("column {:?} has type {other}, which has no db value; cast it in the query", row.column(i).name()).into(),
+                format!(
+                    "column {:?} has type {other}, which has no db value; cast it in the query",
+                    row.column(i).name()
+                )
+                .into(),
             ));
         }
     })
@@ -174,7 +183,8 @@ impl DbBackend for MySqlDb {
 
     async fn query(&self, sql: &str, params: Vec<Value>) -> Result<RowSet, BackendError> {
         let classify = |e| sql::classify("mysql", e);
-        let fetched = bind(sqlx::query(sql), &params).map_err(classify)?.fetch_all(&self.pool).await.map_err(classify)?;
+        let fetched =
+            bind(sqlx::query(sql), &params).map_err(classify)?.fetch_all(&self.pool).await.map_err(classify)?;
         rows(fetched).map_err(classify)
     }
 
@@ -224,11 +234,17 @@ impl DbTransaction for MySqlTransaction {
 
     async fn query(&mut self, sql: &str, params: Vec<Value>) -> Result<RowSet, BackendError> {
         let classify = |e| sql::classify("mysql", e);
-        let fetched = bind(sqlx::query(sql), &params).map_err(classify)?.fetch_all(&mut *self.0).await.map_err(classify)?;
+        let fetched =
+            bind(sqlx::query(sql), &params).map_err(classify)?.fetch_all(&mut *self.0).await.map_err(classify)?;
         rows(fetched).map_err(classify)
     }
 
-    async fn commit(mut self: Box<Self>, inbox: &InboxKey, outcome: InboxOutcome, outbox: &[Outgoing]) -> Result<bool, BackendError> {
+    async fn commit(
+        mut self: Box<Self>,
+        inbox: &InboxKey,
+        outcome: InboxOutcome,
+        outbox: &[Outgoing],
+    ) -> Result<bool, BackendError> {
         if !sql::record_settlement("mysql", &mut *self.0, Placeholders::Question, inbox, outcome, outbox).await? {
             return Ok(false);
         }

@@ -22,8 +22,8 @@ use super::batch::Batcher;
 use super::sql::{self, Placeholders, Planner, ServerOptions, SqlConnection, Statement1};
 use crate::capabilities::db::{Begun, DbBackend, DbTransaction, InboxKey, InboxOutcome, SqlDialect};
 use crate::capabilities::publish::Publisher;
-use crate::runtime::bindings::publish::Outgoing;
 use crate::runtime::bindings::db::{RowSet, Value};
+use crate::runtime::bindings::publish::Outgoing;
 
 /// The `postgres` db backend.
 pub struct PostgresDb {
@@ -37,9 +37,8 @@ impl PostgresDb {
 
     /// Connect to `url` and run the `init` statements in order.
     pub async fn open(url: &str, options: &ServerOptions) -> Result<Self, BackendError> {
-        let connect: PgConnectOptions = url
-            .parse()
-            .map_err(|e| BackendError::Invalid(format!("postgres url {}: {e}", sql::redact(url))))?;
+        let connect: PgConnectOptions =
+            url.parse().map_err(|e| BackendError::Invalid(format!("postgres url {}: {e}", sql::redact(url))))?;
         // Unqualified names resolve in `public` only, whatever the server's
         // default; handlers cannot change it (`SET` and `set_config` are not
         // granted), so an unqualified name cannot reach another schema.
@@ -156,8 +155,11 @@ fn decode(row: &PgRow, i: usize) -> Result<Value, sqlx::Error> {
         "DATE" => Value::Timestamp(micros(row.try_get::<sqlx::types::time::Date, _>(i)?.midnight().assume_utc())?),
         other => {
             return Err(sqlx::Error::Decode(
-                format!("column {:?} has type {other}, which has no db value; cast it in the query, e.g. to text", row.column(i).name())
-                    .into(),
+                format!(
+                    "column {:?} has type {other}, which has no db value; cast it in the query, e.g. to text",
+                    row.column(i).name()
+                )
+                .into(),
             ));
         }
     })
@@ -209,7 +211,8 @@ impl DbBackend for PostgresDb {
     async fn query(&self, sql: &str, params: Vec<Value>) -> Result<RowSet, BackendError> {
         let sql = sql::number_question_marks(sql);
         let classify = |e| sql::classify("postgres", e);
-        let fetched = bind(sqlx::query(&sql), &params).map_err(classify)?.fetch_all(&self.pool).await.map_err(classify)?;
+        let fetched =
+            bind(sqlx::query(&sql), &params).map_err(classify)?.fetch_all(&self.pool).await.map_err(classify)?;
         rows(fetched).map_err(classify)
     }
 
@@ -261,11 +264,17 @@ impl DbTransaction for PgTransaction {
     async fn query(&mut self, sql: &str, params: Vec<Value>) -> Result<RowSet, BackendError> {
         let sql = sql::number_question_marks(sql);
         let classify = |e| sql::classify("postgres", e);
-        let fetched = bind(sqlx::query(&sql), &params).map_err(classify)?.fetch_all(&mut *self.0).await.map_err(classify)?;
+        let fetched =
+            bind(sqlx::query(&sql), &params).map_err(classify)?.fetch_all(&mut *self.0).await.map_err(classify)?;
         rows(fetched).map_err(classify)
     }
 
-    async fn commit(mut self: Box<Self>, inbox: &InboxKey, outcome: InboxOutcome, outbox: &[Outgoing]) -> Result<bool, BackendError> {
+    async fn commit(
+        mut self: Box<Self>,
+        inbox: &InboxKey,
+        outcome: InboxOutcome,
+        outbox: &[Outgoing],
+    ) -> Result<bool, BackendError> {
         if !sql::record_settlement("postgres", &mut *self.0, Placeholders::Numbered, inbox, outcome, outbox).await? {
             return Ok(false);
         }

@@ -38,8 +38,9 @@ impl Health {
     /// A command's error: its own fault is `invalid`; anything else means the
     /// server is unreachable or unwell, `unavailable`.
     fn failure(&self, what: &str, e: &RedisError) -> BackendError {
-        let invalid = matches!(e.kind(), ErrorKind::Server(ServerErrorKind::ResponseError) | ErrorKind::UnexpectedReturnType)
-            || e.code() == Some("WRONGTYPE");
+        let invalid =
+            matches!(e.kind(), ErrorKind::Server(ServerErrorKind::ResponseError) | ErrorKind::UnexpectedReturnType)
+                || e.code() == Some("WRONGTYPE");
         if invalid {
             self.ok();
             return BackendError::Invalid(format!("redis {what}: {e}"));
@@ -97,12 +98,11 @@ impl RedisCache {
                     Ok(replies) if replies.len() == batch.len() => replies
                         .into_iter()
                         .zip(&batch)
-                        .map(|(reply, (_, what))| {
-                            reply.map_err(|e| health.failure(what, &e)).inspect(|_| health.ok())
-                        })
+                        .map(|(reply, (_, what))| reply.map_err(|e| health.failure(what, &e)).inspect(|_| health.ok()))
                         .collect(),
                     Ok(replies) => {
-                        let message = format!("{}: {} commands got {} replies", health.address, batch.len(), replies.len());
+                        let message =
+                            format!("{}: {} commands got {} replies", health.address, batch.len(), replies.len());
                         vec![Err(BackendError::Unavailable(message)); batch.len()]
                     }
                     Err(e) => batch.iter().map(|(_, what)| Err(health.failure(what, &e))).collect(),
@@ -129,7 +129,8 @@ impl RedisCache {
 
     async fn write<T: ::redis::FromRedisValue>(&self, what: String, cmd: Cmd) -> Result<T, BackendError> {
         let value = self.writer.call((cmd, what.clone())).await?;
-        ::redis::from_redis_value(value).map_err(|e| BackendError::Invalid(format!("redis {what}: unexpected reply: {e}")))
+        ::redis::from_redis_value(value)
+            .map_err(|e| BackendError::Invalid(format!("redis {what}: unexpected reply: {e}")))
     }
 }
 

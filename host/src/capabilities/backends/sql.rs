@@ -367,23 +367,21 @@ pub async fn apply<C: SqlConnection + ?Sized>(
                 }
                 results[caller] = Some(result);
             }
-            Unit::Group { sql, params, callers } => {
-                match guarded(backend, conn, &sql, &params, savepoints).await {
-                    Ok(_) => callers.iter().for_each(|&c| results[c] = Some(Ok(1))),
-                    Err(BackendError::Unavailable(m)) => return fail_rest(results, &m, savepoints),
-                    Err(e) => {
-                        tracing::debug!(backend, rows = callers.len(), error = %e, "multi-row insert failed; inserting its rows one by one");
-                        for caller in callers {
-                            let (sql, params) = &batch[caller];
-                            let result = guarded(backend, conn, sql, params, savepoints).await;
-                            if let Err(BackendError::Unavailable(m)) = &result {
-                                return fail_rest(results, m, savepoints);
-                            }
-                            results[caller] = Some(result);
+            Unit::Group { sql, params, callers } => match guarded(backend, conn, &sql, &params, savepoints).await {
+                Ok(_) => callers.iter().for_each(|&c| results[c] = Some(Ok(1))),
+                Err(BackendError::Unavailable(m)) => return fail_rest(results, &m, savepoints),
+                Err(e) => {
+                    tracing::debug!(backend, rows = callers.len(), error = %e, "multi-row insert failed; inserting its rows one by one");
+                    for caller in callers {
+                        let (sql, params) = &batch[caller];
+                        let result = guarded(backend, conn, sql, params, savepoints).await;
+                        if let Err(BackendError::Unavailable(m)) = &result {
+                            return fail_rest(results, m, savepoints);
                         }
+                        results[caller] = Some(result);
                     }
                 }
-            }
+            },
         }
     }
     results
@@ -489,8 +487,7 @@ impl InboxStatements {
 
 /// The relay's claim on the oldest outbox rows: locked until its transaction
 /// ends, and skipped by any other relay meanwhile.
-pub const CLAIM_OUTBOX: &str =
-    "SELECT id, message_id, destination, payload, headers, msg_key FROM switchyard_outbox ORDER BY id LIMIT {limit} FOR UPDATE SKIP LOCKED";
+pub const CLAIM_OUTBOX: &str = "SELECT id, message_id, destination, payload, headers, msg_key FROM switchyard_outbox ORDER BY id LIMIT {limit} FOR UPDATE SKIP LOCKED";
 
 /// An outbox row as the relay reads it.
 pub type OutboxRow = (i64, String, String, Vec<u8>, String, Option<String>);
@@ -539,7 +536,8 @@ pub async fn record_settlement<C: SqlConnection + ?Sized>(
     outbox: &[Outgoing],
 ) -> Result<bool, BackendError> {
     let statements = InboxStatements::of(placeholders);
-    let params = [Value::Text(inbox.route.clone()), Value::Text(inbox.message.clone()), Value::Text(outcome.as_str().into())];
+    let params =
+        [Value::Text(inbox.route.clone()), Value::Text(inbox.message.clone()), Value::Text(outcome.as_str().into())];
     match conn.run(statements.insert_inbox, &params).await {
         Ok(_) => {}
         Err(sqlx::Error::Database(e)) if e.is_unique_violation() => return Ok(false),
@@ -581,9 +579,10 @@ pub fn classify(backend: &str, e: sqlx::Error) -> BackendError {
             let message = format!("{backend}: {} (SQLSTATE {code})", db.message());
             if transient { BackendError::Unavailable(message) } else { BackendError::Invalid(message) }
         }
-        sqlx::Error::ColumnDecode { .. } | sqlx::Error::Decode(_) | sqlx::Error::Encode(_) | sqlx::Error::TypeNotFound { .. } => {
-            BackendError::Invalid(format!("{backend}: {e}"))
-        }
+        sqlx::Error::ColumnDecode { .. }
+        | sqlx::Error::Decode(_)
+        | sqlx::Error::Encode(_)
+        | sqlx::Error::TypeNotFound { .. } => BackendError::Invalid(format!("{backend}: {e}")),
         other => BackendError::Unavailable(format!("{backend}: {other}")),
     }
 }
@@ -631,7 +630,10 @@ mod tests {
         assert_eq!(units.iter().map(|u| u.2.len()).collect::<Vec<_>>(), [1000, 1000, 500]);
         assert!(units[2].0.ends_with("(?), (?)"));
         // A placeholder count that does not match the parameters runs alone.
-        let units = plan_sql(Placeholders::Question, &[("INSERT INTO t (a) VALUES (?)", 2), ("INSERT INTO t (a) VALUES (?)", 1)]);
+        let units = plan_sql(
+            Placeholders::Question,
+            &[("INSERT INTO t (a) VALUES (?)", 2), ("INSERT INTO t (a) VALUES (?)", 1)],
+        );
         assert_eq!(units.len(), 2);
     }
 

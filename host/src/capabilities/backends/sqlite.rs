@@ -10,7 +10,9 @@ use std::str::FromStr;
 use std::time::Duration;
 
 use async_trait::async_trait;
-use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePool, SqlitePoolOptions, SqliteRow, SqliteSynchronous};
+use sqlx::sqlite::{
+    SqliteConnectOptions, SqliteJournalMode, SqlitePool, SqlitePoolOptions, SqliteRow, SqliteSynchronous,
+};
 use sqlx::{Column, Row, TypeInfo, ValueRef};
 
 use super::BackendError;
@@ -46,15 +48,13 @@ impl SqliteDb {
             .synchronous(SqliteSynchronous::Full)
             .busy_timeout(Duration::from_secs(5));
         let unavailable = |e: sqlx::Error| BackendError::Unavailable(format!("sqlite {}: {e}", path.display()));
-        let writer_pool = SqlitePoolOptions::new()
-            .max_connections(1)
-            .connect_with(options.clone())
-            .await
-            .map_err(unavailable)?;
+        let writer_pool =
+            SqlitePoolOptions::new().max_connections(1).connect_with(options.clone()).await.map_err(unavailable)?;
         for statement in init {
-            sqlx::query(statement).execute(&writer_pool).await.map_err(|e| {
-                BackendError::Invalid(format!("sqlite init statement {statement:?} failed: {e}"))
-            })?;
+            sqlx::query(statement)
+                .execute(&writer_pool)
+                .await
+                .map_err(|e| BackendError::Invalid(format!("sqlite init statement {statement:?} failed: {e}")))?;
         }
         let readers = SqlitePoolOptions::new()
             .max_connections(4)
@@ -181,9 +181,12 @@ mod tests {
     async fn writes_are_durable_and_failures_stay_with_their_statement() {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("t.db");
-        let db = SqliteDb::open(&path, &["CREATE TABLE t (id INTEGER PRIMARY KEY, name TEXT NOT NULL, score REAL, data BLOB)".into()])
-            .await
-            .unwrap();
+        let db = SqliteDb::open(
+            &path,
+            &["CREATE TABLE t (id INTEGER PRIMARY KEY, name TEXT NOT NULL, score REAL, data BLOB)".into()],
+        )
+        .await
+        .unwrap();
         let insert = "INSERT INTO t (id, name, score, data) VALUES (?, ?, ?, ?)";
         let calls: Vec<_> = (0..50i64)
             .map(|i| {
@@ -210,9 +213,12 @@ mod tests {
     #[tokio::test]
     async fn query_returns_typed_rows() {
         let dir = tempfile::tempdir().unwrap();
-        let db = SqliteDb::open(&dir.path().join("q.db"), &["CREATE TABLE q (i INTEGER, f REAL, s TEXT, b BLOB, n TEXT)".into()])
-            .await
-            .unwrap();
+        let db = SqliteDb::open(
+            &dir.path().join("q.db"),
+            &["CREATE TABLE q (i INTEGER, f REAL, s TEXT, b BLOB, n TEXT)".into()],
+        )
+        .await
+        .unwrap();
         db.execute(
             "INSERT INTO q VALUES (?, ?, ?, ?, ?)",
             vec![Value::Int(7), Value::Float(1.5), Value::Text("x".into()), Value::Bytes(vec![1, 2]), Value::Null],
@@ -223,7 +229,13 @@ mod tests {
         assert_eq!(rows.columns, ["i", "f", "s", "b", "n"]);
         assert_eq!(
             rows.rows,
-            vec![vec![Value::Int(7), Value::Float(1.5), Value::Text("x".into()), Value::Bytes(vec![1, 2]), Value::Null]]
+            vec![vec![
+                Value::Int(7),
+                Value::Float(1.5),
+                Value::Text("x".into()),
+                Value::Bytes(vec![1, 2]),
+                Value::Null
+            ]]
         );
         assert!(matches!(db.query("SELECT nope FROM q", vec![]).await, Err(BackendError::Invalid(_))));
     }

@@ -78,7 +78,8 @@ impl Indexes {
 }
 
 fn open_index(dir: &Path) -> Result<OpenIndex, BackendError> {
-    let unavailable = |e: tantivy::TantivyError| BackendError::Unavailable(format!("tantivy index {}: {e}", dir.display()));
+    let unavailable =
+        |e: tantivy::TantivyError| BackendError::Unavailable(format!("tantivy index {}: {e}", dir.display()));
     std::fs::create_dir_all(dir)
         .map_err(|e| BackendError::Unavailable(format!("cannot create index directory {}: {e}", dir.display())))?;
     let mut schema = Schema::builder();
@@ -87,7 +88,8 @@ fn open_index(dir: &Path) -> Result<OpenIndex, BackendError> {
     schema.add_text_field("_all", TEXT);
     schema.add_json_field("body", JsonObjectOptions::from(TEXT));
     let schema = schema.build();
-    let directory = tantivy::directory::MmapDirectory::open(dir).map_err(|e| BackendError::Unavailable(e.to_string()))?;
+    let directory =
+        tantivy::directory::MmapDirectory::open(dir).map_err(|e| BackendError::Unavailable(e.to_string()))?;
     let index = Index::open_or_create(directory, schema).map_err(unavailable)?;
     let schema = index.schema();
     let field = |name: &str| schema.get_field(name).map_err(unavailable);
@@ -109,8 +111,9 @@ impl TantivySearch {
 
     /// Use `root` as the directory holding one sub-directory per index.
     pub fn open(root: &Path) -> Result<Self, BackendError> {
-        std::fs::create_dir_all(root)
-            .map_err(|e| BackendError::Unavailable(format!("cannot create search directory {}: {e}", root.display())))?;
+        std::fs::create_dir_all(root).map_err(|e| {
+            BackendError::Unavailable(format!("cannot create search directory {}: {e}", root.display()))
+        })?;
         let indexes = Arc::new(Indexes { root: root.to_path_buf(), open: Mutex::new(HashMap::new()) });
         let shared = indexes.clone();
         let writer = Batcher::spawn("tantivy writer", 1024, move |batch| {
@@ -132,42 +135,42 @@ fn apply(indexes: &Indexes, batch: Vec<Op>) -> Vec<Result<(), BackendError>> {
     let mut touched: HashMap<String, (Arc<OpenIndex>, Vec<usize>)> = HashMap::new();
     for (i, op) in batch.into_iter().enumerate() {
         let name = op.index().to_string();
-        let index = match indexes.get(&name, true).and_then(|i| {
-            i.ok_or_else(|| BackendError::Unavailable(format!("index {name} could not be created")))
-        }) {
+        let index = match indexes
+            .get(&name, true)
+            .and_then(|i| i.ok_or_else(|| BackendError::Unavailable(format!("index {name} could not be created"))))
+        {
             Ok(index) => index,
             Err(e) => {
                 results.push(Err(e));
                 continue;
             }
         };
-        let result = index
-            .writer
-            .lock()
-            .map_err(|_| BackendError::Unavailable("tantivy writer lock poisoned".into()))
-            .and_then(|writer| {
-                let f = &index.fields;
-                match op {
-                    Op::Delete { id, .. } => {
-                        writer.delete_term(Term::from_field_text(f.id, &id));
-                        Ok(())
+        let result =
+            index.writer.lock().map_err(|_| BackendError::Unavailable("tantivy writer lock poisoned".into())).and_then(
+                |writer| {
+                    let f = &index.fields;
+                    match op {
+                        Op::Delete { id, .. } => {
+                            writer.delete_term(Term::from_field_text(f.id, &id));
+                            Ok(())
+                        }
+                        Op::Index { id, document, .. } => {
+                            writer.delete_term(Term::from_field_text(f.id, &id));
+                            let mut doc = TantivyDocument::default();
+                            doc.add_text(f.id, &id);
+                            doc.add_text(f.source, serde_json::Value::Object(document.clone()).to_string());
+                            let mut all = String::new();
+                            collect_text(&serde_json::Value::Object(document.clone()), &mut all);
+                            doc.add_text(f.all, all);
+                            doc.add_field_value(f.body, &tantivy::schema::OwnedValue::from(document));
+                            writer
+                                .add_document(doc)
+                                .map(|_| ())
+                                .map_err(|e| BackendError::Invalid(format!("document {id:?}: {e}")))
+                        }
                     }
-                    Op::Index { id, document, .. } => {
-                        writer.delete_term(Term::from_field_text(f.id, &id));
-                        let mut doc = TantivyDocument::default();
-                        doc.add_text(f.id, &id);
-                        doc.add_text(f.source, serde_json::Value::Object(document.clone()).to_string());
-                        let mut all = String::new();
-                        collect_text(&serde_json::Value::Object(document.clone()), &mut all);
-                        doc.add_text(f.all, all);
-                        doc.add_field_value(f.body, &tantivy::schema::OwnedValue::from(document));
-                        writer
-                            .add_document(doc)
-                            .map(|_| ())
-                            .map_err(|e| BackendError::Invalid(format!("document {id:?}: {e}")))
-                    }
-                }
-            });
+                },
+            );
         if result.is_ok() {
             touched.entry(name).or_insert_with(|| (index.clone(), Vec::new())).1.push(i);
         }
@@ -178,8 +181,12 @@ fn apply(indexes: &Indexes, batch: Vec<Op>) -> Vec<Result<(), BackendError>> {
             .writer
             .lock()
             .map_err(|_| BackendError::Unavailable("tantivy writer lock poisoned".into()))
-            .and_then(|mut w| w.commit().map_err(|e| BackendError::Unavailable(format!("tantivy commit of {name}: {e}"))))
-            .and_then(|_| index.reader.reload().map_err(|e| BackendError::Unavailable(format!("tantivy reload of {name}: {e}"))));
+            .and_then(|mut w| {
+                w.commit().map_err(|e| BackendError::Unavailable(format!("tantivy commit of {name}: {e}")))
+            })
+            .and_then(|_| {
+                index.reader.reload().map_err(|e| BackendError::Unavailable(format!("tantivy reload of {name}: {e}")))
+            });
         if let Err(e) = committed {
             for i in ops {
                 results[i] = Err(e.clone());
@@ -244,8 +251,9 @@ fn search(open: &OpenIndex, index: &str, query: &str, limit: usize) -> Result<Ve
         .map_err(|e| BackendError::Unavailable(format!("search of {index}: {e}")))?;
     top.into_iter()
         .map(|(score, address)| {
-            let doc: TantivyDocument =
-                searcher.doc(address).map_err(|e| BackendError::Unavailable(format!("reading hit from {index}: {e}")))?;
+            let doc: TantivyDocument = searcher
+                .doc(address)
+                .map_err(|e| BackendError::Unavailable(format!("reading hit from {index}: {e}")))?;
             let text = |f: Field| doc.get_first(f).and_then(|v| v.as_str().map(str::to_string)).unwrap_or_default();
             Ok(Hit { id: text(open.fields.id), score, document: text(open.fields.source) })
         })
