@@ -6,11 +6,14 @@ use std::sync::Arc;
 
 use anyhow::{Context, bail};
 use clap::{Parser, Subcommand};
-use switchyard::capabilities::{Capabilities, backends};
-use switchyard::config::{Config, Limits};
-use switchyard::runtime::bindings::Message;
+mod bench;
+
+use bench::BenchWhat;
+use switchyard::capabilities::context::Capabilities;
+use switchyard::config::{Config, DbBackendConfig, Limits};
+use switchyard::contract::Message;
 use switchyard::runtime::{InvokeContext, Outcome, Runtime, RuntimeOptions};
-use switchyard::{Host, dispatch};
+use switchyard::wiring::{self, Host};
 use tokio_util::sync::CancellationToken;
 
 #[derive(Parser)]
@@ -106,105 +109,6 @@ enum Command {
     Bench {
         #[command(subcommand)]
         what: Option<BenchWhat>,
-    },
-}
-
-#[derive(Subcommand)]
-enum BenchWhat {
-    /// Batched effects against one call per message, side by side: Redis
-    /// SET, SQL INSERT, search indexing. A service whose URL is empty is skipped.
-    Effects {
-        /// Redis.
-        #[arg(long, default_value = "redis://127.0.0.1:6379")]
-        redis_url: String,
-        /// PostgreSQL.
-        #[arg(long, default_value = "postgres://postgres@127.0.0.1:5432/test")]
-        postgres_url: String,
-        /// MySQL or MariaDB.
-        #[arg(long, default_value = "mysql://root@127.0.0.1:3306/test")]
-        mysql_url: String,
-        /// Operations per batched measurement.
-        #[arg(long, default_value_t = 20_000)]
-        ops: usize,
-        /// Operations per one-call-per-message measurement.
-        #[arg(long, default_value_t = 2_000)]
-        single_ops: usize,
-        /// Callers at once on the batched side.
-        #[arg(long, default_value_t = 64)]
-        concurrency: usize,
-    },
-    /// N product changes from a broker into Redis SETs, through the host with
-    /// the cache-update handler and through a hand-written Rust consumer,
-    /// side by side: NATS JetStream and RabbitMQ. A broker whose URL is empty is skipped.
-    Brokers {
-        /// Messages per side (each side gets its own fresh stream or queue).
-        #[arg(long, default_value_t = 100_000)]
-        messages: usize,
-        /// NATS with JetStream.
-        #[arg(long, default_value = "nats://127.0.0.1:4222")]
-        nats_url: String,
-        /// RabbitMQ.
-        #[arg(long, default_value = "amqp://guest:guest@127.0.0.1:5672/%2f")]
-        amqp_url: String,
-        /// Redis, where both sides write.
-        #[arg(long, default_value = "redis://127.0.0.1:6379")]
-        redis_url: String,
-        /// The cache-update handler.
-        #[arg(long, default_value = "plugins/dist/cache_update.wasm")]
-        plugin: PathBuf,
-        /// Approximate payload size in bytes.
-        #[arg(long, default_value_t = 1024)]
-        payload_bytes: usize,
-        /// Messages handled at once on each side (the route's concurrency);
-        /// the pull batch and prefetch are twice this on both sides.
-        #[arg(long, default_value_t = 64)]
-        concurrency: usize,
-    },
-    /// Cost per message on a fresh instance, against a native function (the default).
-    Dispatch {
-        /// The trivial handler to measure.
-        #[arg(long, default_value = "plugins/dist/noop.wasm")]
-        plugin: PathBuf,
-        /// Messages per measurement.
-        #[arg(long, default_value_t = 100_000)]
-        messages: u32,
-        /// Also run the cache-update handler in Rust, C, JavaScript and Python
-        /// (from plugins/dist) side by side: load times, per-message cost, ratios.
-        #[arg(long)]
-        languages: bool,
-        /// Messages per language in the --languages comparison.
-        #[arg(long, default_value_t = 2000)]
-        language_messages: u32,
-    },
-    /// Start time and memory of many tenants sharing one .wasm, and of many distinct handlers.
-    Density {
-        /// The handler every tenant runs.
-        #[arg(long, default_value = "plugins/dist/noop.wasm")]
-        plugin: PathBuf,
-        /// Tenants sharing it.
-        #[arg(long, default_value_t = 1000)]
-        tenants: usize,
-        /// Distinct handlers.
-        #[arg(long, default_value_t = 100)]
-        distinct: usize,
-    },
-    /// A well-behaved tenant's throughput alone and under attack by a hostile tenant.
-    Isolation {
-        /// The well-behaved handler.
-        #[arg(long, default_value = "plugins/dist/cache_update.wasm")]
-        good: PathBuf,
-        /// The hostile handler.
-        #[arg(long, default_value = "plugins/dist/hostile.wasm")]
-        hostile: PathBuf,
-        /// Messages of the well-behaved tenant.
-        #[arg(long, default_value_t = 50_000)]
-        messages: usize,
-        /// The attacks, taken in turn (see plugins/hostile).
-        #[arg(long, value_delimiter = ',', default_value = "loop,memory,recurse")]
-        attacks: Vec<String>,
-        /// Rounds, each alone then attacked; the median ratio is reported.
-        #[arg(long, default_value_t = 5)]
-        rounds: usize,
     },
 }
 
@@ -305,7 +209,7 @@ async fn dispatch_command(command: Command) -> anyhow::Result<std::process::Exit
         }
         Command::Search { config, index, query, limit } => {
             let config = Config::load(&config)?;
-            let search = backends::open_search(&config).context("cannot open the search backend")?;
+            let search = wiring::open_search(&config).context("cannot open the search backend")?;
             let hits = search.query(&index, &query, limit).await.context("search failed")?;
             for hit in &hits {
                 println!("{:>8.3}  {}  {}", hit.score, hit.id, hit.document);
@@ -313,45 +217,8 @@ async fn dispatch_command(command: Command) -> anyhow::Result<std::process::Exit
             eprintln!("{} hits", hits.len());
             Ok(std::process::ExitCode::SUCCESS)
         }
-        Command::Bench { what } => {
-            let default = BenchWhat::Dispatch {
-                plugin: PathBuf::from("plugins/dist/noop.wasm"),
-                messages: 100_000,
-                languages: false,
-                language_messages: 2000,
-            };
-            bench(what.unwrap_or(default)).await
-        }
+        Command::Bench { what } => bench::run(what.unwrap_or_default()).await,
     }
-}
-
-async fn bench_languages(messages: u32) -> anyhow::Result<()> {
-    let handlers: Vec<(String, PathBuf)> = [("rust", ""), ("c", "_c"), ("javascript", "_js"), ("python", "_py")]
-        .iter()
-        .map(|(label, suffix)| (label.to_string(), PathBuf::from(format!("plugins/dist/cache_update{suffix}.wasm"))))
-        .collect();
-    let reports = switchyard::bench::languages(&handlers, messages).await?;
-    let rust = reports.first().map(|r| r.per_message_ns).unwrap_or(1.0).max(0.001);
-    println!();
-    println!("cache-update in each language: {messages} messages each, fresh instance per message");
-    println!(
-        "  {:<11} {:>9} {:>12} {:>12} {:>12} {:>16} {:>9} {:>13}",
-        "language", "size", "first load", "cached load", "per message", "of which inst.", "vs rust", "faults/msg"
-    );
-    for r in &reports {
-        println!(
-            "  {:<11} {:>7.1}MB {:>10.0}ms {:>10.1}ms {:>10.1}µs {:>14.1}µs {:>8.1}x {:>13.1}",
-            r.label,
-            r.bytes as f64 / 1e6,
-            r.first_load.as_secs_f64() * 1e3,
-            r.cached_load.as_secs_f64() * 1e3,
-            r.per_message_ns / 1e3,
-            r.instantiate_ns / 1e3,
-            r.per_message_ns / rust,
-            r.faults_per_message
-        );
-    }
-    Ok(())
 }
 
 async fn run(path: &Path) -> anyhow::Result<std::process::ExitCode> {
@@ -401,14 +268,14 @@ async fn invoke(
     };
     let mut config = Config::parse(Path::new("<invoke>"), "").context("empty config")?;
     config.data_dir = data_dir.clone();
-    config.backends.db = switchyard::config::DbBackendConfig::Sqlite { path: None, init: init_sql };
+    config.backends.db = DbBackendConfig::Sqlite { path: None, init: init_sql };
     let runtime = Runtime::new(RuntimeOptions {
         cache_dir: Some(data_dir.join("compiled")),
         max_memory_mib: limits.memory_mib,
         ..RuntimeOptions::default()
     })?;
     let plugin = runtime.load(wasm)?;
-    let backends = Arc::new(backends::open(&config).await.context("cannot open the embedded backends")?);
+    let backends = Arc::new(wiring::open_backends(&config).await.context("cannot open the embedded backends")?);
     let ctx = InvokeContext {
         caps: Arc::new(Capabilities::unrestricted(backends)),
         limits,
@@ -440,111 +307,6 @@ async fn invoke(
     })
 }
 
-async fn bench(what: BenchWhat) -> anyhow::Result<std::process::ExitCode> {
-    match what {
-        BenchWhat::Dispatch { plugin, messages, languages, language_messages } => {
-            let r = switchyard::bench::dispatch(&plugin, messages).await?;
-            println!("dispatch benchmark: {} messages each, trivial handler {}", r.messages, plugin.display());
-            println!("  native Rust function          {:>10.1} ns/msg", r.native_ns);
-            println!(
-                "  switchyard, fresh instance    {:>10.1} ns/msg   ratio {:.0}x native",
-                r.wasm_ns,
-                r.wasm_ns / r.native_ns.max(0.001)
-            );
-            println!("    of which store + host state {:>10.1} ns/msg", r.store_ns);
-            println!("    of which instantiate        {:>10.1} ns/msg", r.instantiate_ns - r.store_ns);
-            println!("    of which call and limits    {:>10.1} ns/msg", r.wasm_ns - r.instantiate_ns);
-            println!("  switchyard, all cores         {:>10.0} msg/s", r.parallel_rate);
-            if languages {
-                bench_languages(language_messages).await?;
-            }
-        }
-        BenchWhat::Effects { redis_url, postgres_url, mysql_url, ops, single_ops, concurrency } => {
-            let some = |url: String| (!url.is_empty()).then_some(url);
-            let options = switchyard::bench_effects::EffectsOptions {
-                redis_url: some(redis_url),
-                postgres_url: some(postgres_url),
-                mysql_url: some(mysql_url),
-                ops,
-                single_ops,
-                concurrency,
-            };
-            let results = switchyard::bench_effects::effects(&options).await?;
-            println!("effects benchmark: {ops} batched operations, {single_ops} one by one");
-            for comparison in &results {
-                println!("{}", comparison.workload);
-                for ((label, rate), ratio) in comparison.rates.iter().zip(comparison.ratios()) {
-                    println!("  {label:<55} {rate:>10.0} /s   {ratio:>6.1}x");
-                }
-            }
-        }
-        BenchWhat::Brokers { messages, nats_url, amqp_url, redis_url, plugin, payload_bytes, concurrency } => {
-            let some = |url: String| (!url.is_empty()).then_some(url);
-            let options = switchyard::bench_brokers::BrokersOptions {
-                nats_url: some(nats_url),
-                amqp_url: some(amqp_url),
-                redis_url,
-                plugin,
-                messages,
-                payload_bytes,
-                concurrency,
-            };
-            let reports = switchyard::bench_brokers::brokers(&options).await?;
-            println!(
-                "brokers benchmark: {messages} messages of about {payload_bytes} bytes per side, broker -> Redis SET -> ack, {concurrency} in flight"
-            );
-            println!("  {:<16} {:>16} {:>16} {:>18}", "broker", "switchyard", "native Rust", "switchyard/native");
-            for r in &reports {
-                println!(
-                    "  {:<16} {:>10.0} msg/s {:>10.0} msg/s {:>18.2}",
-                    r.broker,
-                    r.switchyard.rate,
-                    r.native.rate,
-                    r.ratio()
-                );
-            }
-            for r in &reports {
-                println!(
-                    "  {}: switchyard {:.2} s, native {:.2} s; {} and {} keys checked in Redis",
-                    r.broker,
-                    r.switchyard.elapsed.as_secs_f64(),
-                    r.native.elapsed.as_secs_f64(),
-                    r.switchyard.keys_found,
-                    r.native.keys_found
-                );
-            }
-        }
-        BenchWhat::Density { plugin, tenants, distinct } => {
-            let r = switchyard::bench::density(&plugin, tenants, distinct).await?;
-            println!("density benchmark ({}):", plugin.display());
-            println!("  resident memory before loading      {:>8.1} MiB", r.baseline_rss_mib);
-            println!(
-                "  {} tenants sharing one .wasm: start {:.2} s (each run once), resident {:.1} MiB",
-                r.tenants, r.tenants_start_s, r.tenants_rss_mib
-            );
-            println!(
-                "  {} distinct handlers: start {:.2} s compiling, {:.2} s from the cache, resident {:.1} MiB",
-                r.distinct, r.distinct_cold_s, r.distinct_warm_s, r.distinct_rss_mib
-            );
-        }
-        BenchWhat::Isolation { good, hostile, messages, attacks, rounds } => {
-            let r = switchyard::bench::isolation(&good, &hostile, messages, &attacks, rounds).await?;
-            println!(
-                "isolation benchmark: {} messages of a well-behaved tenant per run, {} attacks ({}) per attacked run",
-                r.messages,
-                r.attacks,
-                attacks.join(", ")
-            );
-            println!("  round      alone msg/s   attacked msg/s   ratio");
-            for (i, (alone, attacked)) in r.rounds.iter().enumerate() {
-                println!("  {:>5}   {:>12.0}   {:>14.0}   {:>5.2}", i + 1, alone, attacked, attacked / alone.max(1e-9));
-            }
-            println!("  median ratio                              {:>5.2}", r.median_ratio());
-        }
-    }
-    Ok(std::process::ExitCode::SUCCESS)
-}
-
 async fn plugins(admin: &str, token: Option<&str>, action: PluginsAction) -> anyhow::Result<std::process::ExitCode> {
     use switchyard::admin::client::request;
     let response = match action {
@@ -573,8 +335,8 @@ async fn plugins(admin: &str, token: Option<&str>, action: PluginsAction) -> any
 
 fn check(path: &Path) -> anyhow::Result<std::process::ExitCode> {
     let config = Config::load(path)?;
-    let runtime = Runtime::new(dispatch::runtime_options(&config))?;
-    let registry = dispatch::load_handlers(&config, &Arc::new(runtime))?;
+    let runtime = Runtime::new(wiring::runtime_options(&config))?;
+    let registry = wiring::load_handlers(&config, &Arc::new(runtime))?;
     if config.routes.is_empty() {
         bail!("{}: no routes: no message would reach a handler", path.display());
     }

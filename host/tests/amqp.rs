@@ -5,14 +5,15 @@
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)] // a failed assumption in a test is a failed test
 #![allow(clippy::await_holding_lock)] // see `BROKER`
 
-mod conformance;
+mod support;
 
 use std::sync::{Mutex, RwLock};
 
-use conformance::{Broker, DeadLetter, test_dir, unique};
 use lapin::options::{BasicGetOptions, BasicPublishOptions, ConfirmSelectOptions, QueueDeclareOptions};
 use lapin::types::{AMQPValue, FieldTable};
 use lapin::{BasicProperties, Channel, Connection, ConnectionProperties};
+use support::brokers::{self as conformance, Broker, DeadLetter, test_dir};
+use support::unique;
 
 fn url() -> String {
     std::env::var("AMQP_URL").unwrap_or_else(|_| "amqp://guest:guest@127.0.0.1:5672/%2f".into())
@@ -185,7 +186,7 @@ async fn scale_out() {
 #[tokio::test]
 async fn down_at_start() {
     let _shared = shared();
-    let port = conformance::free_port();
+    let port = support::free_port();
     let source = format!("type = \"amqp\"\nurl = \"amqp://guest:guest@127.0.0.1:{port}/%2f\"\nqueues = [\"nowhere\"]");
     conformance::down_at_start(&source, &test_dir("amqp-down"), &format!("127.0.0.1:{port}"), "RabbitMQ").await;
 }

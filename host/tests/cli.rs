@@ -2,13 +2,13 @@
 //! with a graceful stop on SIGTERM.
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)] // a failed assumption in a test is a failed test
 
-mod common;
+mod support;
 
 use std::path::Path;
-use std::process::{Command, Stdio};
+use std::process::Command;
 use std::time::Duration;
 
-use common::plugin;
+use support::plugin;
 
 fn switchyard() -> Command {
     let mut cmd = Command::new(env!("CARGO_BIN_EXE_switchyard"));
@@ -104,7 +104,7 @@ fn invoke_reports_db_and_publish_effects() {
 #[test]
 fn run_drains_and_exits_zero_on_sigterm() {
     let dir = tempfile::tempdir().unwrap();
-    let port = common::free_port();
+    let port = support::free_port();
     let text = format!(
         "data_dir = \".\"\n[sources.web]\ntype = \"http\"\nlisten = \"127.0.0.1:{port}\"\n\
          [tenants.t.grants]\ncache_prefixes = [\"faults:\"]\ndb_tables = [\"faults\"]\n\
@@ -112,23 +112,21 @@ fn run_drains_and_exits_zero_on_sigterm() {
          [[routes]]\nsource = \"web\"\ntopic = \"*\"\ntenant = \"t\"\nhandler = \"faults\"\n",
         plugin("faults").display()
     );
-    let path = dir.path().join("c.toml");
-    std::fs::write(&path, text).unwrap();
-    let child = switchyard().arg("run").arg(&path).stdout(Stdio::piped()).stderr(Stdio::piped()).spawn().unwrap();
+    std::fs::write(dir.path().join("switchyard.toml"), text).unwrap();
+    let mut host = support::host::HostProcess::start(dir.path());
     let rt = tokio::runtime::Runtime::new().unwrap();
     rt.block_on(async {
-        common::wait_for_port(port).await;
+        support::wait_for_port(port).await;
         // A message that takes a while: it must finish, not be cut off.
         let url = format!("http://127.0.0.1:{port}/topics/slow");
-        let slow = tokio::spawn(async move { common::post(&url, &[], br#"{"mode": "busy", "delay_ms": 600}"#).await });
+        let slow = tokio::spawn(async move { support::post(&url, &[], br#"{"mode": "busy", "delay_ms": 600}"#).await });
         tokio::time::sleep(Duration::from_millis(100)).await;
-        let kill = Command::new("kill").args(["-TERM", &child.id().to_string()]).status().unwrap();
-        assert!(kill.success());
+        host.signal("TERM");
         let (status, body) = slow.await.unwrap();
         assert_eq!(status, 200, "the message in flight finishes and is acked: {body}");
         // Intake has stopped.
         assert!(tokio::net::TcpStream::connect(("127.0.0.1", port)).await.is_err(), "still accepting after SIGTERM");
     });
-    let out = child.wait_with_output().unwrap();
-    assert!(out.status.success(), "exit {:?}: {}", out.status, String::from_utf8_lossy(&out.stderr));
+    let status = rt.block_on(host.wait_exit(60));
+    assert!(status.success(), "exit {status:?}: {}", host.log());
 }

@@ -6,16 +6,16 @@
 //! The plugins must be built first: `make plugins`.
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)] // a failed assumption in a test is a failed test
 
-mod common;
+mod support;
 
 use std::path::Path;
 use std::sync::Arc;
 use std::time::Duration;
 
-use common::{plugin, read_dead_letters, run_host, started_host};
+use support::{plugin, read_dead_letters, run_host, started_host};
 use switchyard::Config;
 use switchyard::capabilities::backends::tantivy::TantivySearch;
-use switchyard::capabilities::search::SearchBackend;
+use switchyard::contract::search::SearchBackend;
 use switchyard::runtime::{LoadError, Runtime, RuntimeOptions};
 
 #[tokio::test]
@@ -60,7 +60,7 @@ async fn quickstart_messages_reach_the_cache_the_database_and_the_index() {
     let dead = read_dead_letters(&dir.path().join("dead-letter/samples.jsonl"));
     assert_eq!(dead.len(), 1);
     assert_eq!(dead[0]["payload"], "this is not json");
-    let reason = common::header(&dead[0], "switchyard-dead-letter-reason").unwrap();
+    let reason = support::header(&dead[0], "switchyard-dead-letter-reason").unwrap();
     assert!(reason.starts_with("rejected: malformed product change"), "{reason}");
 }
 
@@ -104,7 +104,7 @@ async fn every_failure_mode_fails_only_its_own_message() {
         r#"{"topic": "f", "id": "denied", "payload": {"mode": "cache", "key": "other:x"}}"#,
         r#"{"topic": "f", "id": "after", "payload": {"mode": "cache", "key": "faults:after"}}"#,
     ];
-    let config = common::config_with_file(dir.path(), FAULTS, "faults", &lines);
+    let config = support::config_with_file(dir.path(), FAULTS, "faults", &lines);
 
     let (stats, backends) = run_host(&config).await;
 
@@ -116,8 +116,8 @@ async fn every_failure_mode_fails_only_its_own_message() {
     let dead = read_dead_letters(&dir.path().join("dead-letter/in.jsonl"));
     let reason_of = |id: &str| {
         let line = dead.iter().find(|d| d["id"] == id).unwrap_or_else(|| panic!("{id} not dead-lettered: {dead:?}"));
-        let attempts = common::header(line, "switchyard-attempts").unwrap();
-        (common::header(line, "switchyard-dead-letter-reason").unwrap(), attempts)
+        let attempts = support::header(line, "switchyard-attempts").unwrap();
+        (support::header(line, "switchyard-dead-letter-reason").unwrap(), attempts)
     };
     let expect = [
         ("retry", "gave up after 3 attempts: asked to retry", "3"),
@@ -148,8 +148,8 @@ async fn every_failure_mode_fails_only_its_own_message() {
         "deep recursion exhausts the stack: {recurse_reason}"
     );
     let denied = &dead.iter().find(|d| d["id"] == "denied").unwrap();
-    assert_eq!(common::header(denied, "switchyard-tenant").unwrap(), "t");
-    assert_eq!(common::header(denied, "switchyard-handler").unwrap(), "faults");
+    assert_eq!(support::header(denied, "switchyard-tenant").unwrap(), "t");
+    assert_eq!(support::header(denied, "switchyard-handler").unwrap(), "faults");
 }
 
 #[tokio::test]
@@ -160,13 +160,13 @@ async fn an_oversize_message_is_dead_lettered_without_running() {
         "x".repeat(5000)
     );
     let lines = [big.as_str(), r#"{"topic": "f", "id": "small", "payload": {"mode": "cache", "key": "faults:small"}}"#];
-    let config = common::config_with_file(dir.path(), FAULTS, "faults", &lines);
+    let config = support::config_with_file(dir.path(), FAULTS, "faults", &lines);
     let (stats, backends) = run_host(&config).await;
     assert_eq!((stats.handled, stats.dead_lettered), (1, 1));
     assert_eq!(backends.cache.get("faults:big").await.unwrap(), None, "the handler must not have run");
     assert!(backends.cache.get("faults:small").await.unwrap().is_some());
     let dead = read_dead_letters(&dir.path().join("dead-letter/in.jsonl"));
-    let reason = common::header(&dead[0], "switchyard-dead-letter-reason").unwrap();
+    let reason = support::header(&dead[0], "switchyard-dead-letter-reason").unwrap();
     assert!(reason.contains("over the route's max_message_bytes of 4096"), "{reason}");
     // Nothing is lost: the whole message is in the dead-letter file.
     assert!(dead[0]["payload"].as_str().unwrap().len() > 5000);
@@ -180,13 +180,13 @@ async fn a_malformed_line_is_dead_lettered_and_the_rest_flow() {
         r#"{"topic": "f", "payload": {"mode": "ok"}, "colour": "red"}"#,
         r#"{"topic": "f", "id": "fine", "payload": {"mode": "cache", "key": "faults:fine"}}"#,
     ];
-    let config = common::config_with_file(dir.path(), FAULTS, "faults", &lines);
+    let config = support::config_with_file(dir.path(), FAULTS, "faults", &lines);
     let (stats, backends) = run_host(&config).await;
     assert_eq!(stats.handled, 1);
     assert!(backends.cache.get("faults:fine").await.unwrap().is_some());
     let dead = read_dead_letters(&dir.path().join("dead-letter/in.jsonl"));
     let reasons: Vec<String> =
-        dead.iter().map(|d| common::header(d, "switchyard-dead-letter-reason").unwrap()).collect();
+        dead.iter().map(|d| support::header(d, "switchyard-dead-letter-reason").unwrap()).collect();
     assert_eq!(reasons.len(), 2);
     assert!(reasons[0].starts_with("line 1 is not a message"), "{reasons:?}");
     assert!(reasons[1].contains("unknown field `colour`"), "{reasons:?}");
@@ -199,7 +199,7 @@ async fn a_restart_resumes_after_the_checkpoint_and_reuses_compiled_code() {
     let lines: Vec<String> =
         (0..50).map(|i| format!(r#"{{"topic": "f", "payload": {{"mode": "cache", "key": "faults:{i}"}}}}"#)).collect();
     let lines: Vec<&str> = lines.iter().map(String::as_str).collect();
-    let config = common::config_with_file(dir.path(), FAULTS, "faults", &lines);
+    let config = support::config_with_file(dir.path(), FAULTS, "faults", &lines);
 
     let (first, _) = run_host(&config).await;
     assert_eq!(first.handled, 50);
@@ -216,7 +216,7 @@ async fn a_restart_resumes_after_the_checkpoint_and_reuses_compiled_code() {
     assert_eq!(second.handled, 2);
 
     // The compiled code was cached by digest on the first start.
-    let runtime = Runtime::new(switchyard::dispatch::runtime_options(&config)).unwrap();
+    let runtime = Runtime::new(switchyard::wiring::runtime_options(&config)).unwrap();
     let loaded = runtime.load(&plugin("faults")).unwrap();
     assert!(loaded.cached, "the second start must not compile again");
     let entries = std::fs::read_dir(dir.path().join("compiled")).unwrap().count();
@@ -230,7 +230,7 @@ async fn a_restart_resumes_after_the_checkpoint_and_reuses_compiled_code() {
 async fn no_message_sees_memory_of_an_earlier_one() {
     let dir = tempfile::tempdir().unwrap();
     let lines = vec![r#"{"topic": "f", "payload": {"mode": "scatter"}}"#; 200];
-    let config = common::config_with_file(dir.path(), FAULTS, "faults", &lines);
+    let config = support::config_with_file(dir.path(), FAULTS, "faults", &lines);
     let (stats, _) = run_host(&config).await;
     let dead = std::fs::read_to_string(dir.path().join("dead-letter/in.jsonl")).unwrap_or_default();
     assert_eq!((stats.handled, stats.dead_lettered), (200, 0), "{dead}");
@@ -239,23 +239,23 @@ async fn no_message_sees_memory_of_an_earlier_one() {
 #[tokio::test]
 async fn http_source_answers_with_the_outcome() {
     let dir = tempfile::tempdir().unwrap();
-    let port = common::free_port();
+    let port = support::free_port();
     let text = FAULTS.replace(
         "[sources.in]\n    type = \"file\"\n    path = \"in.jsonl\"",
         &format!("[sources.in]\n    type = \"http\"\n    listen = \"127.0.0.1:{port}\""),
     );
-    let config = common::config_with_file(dir.path(), &text, "faults", &[]);
-    let common::Running { backends, shutdown, task, .. } = started_host(&config).await;
+    let config = support::config_with_file(dir.path(), &text, "faults", &[]);
+    let support::Running { backends, shutdown, task, .. } = started_host(&config).await;
     let url = format!("http://127.0.0.1:{port}/topics/f");
-    common::wait_for_port(port).await;
+    support::wait_for_port(port).await;
 
     let (status, body) =
-        common::post(&url, &[("x-switchyard-id", "h1")], br#"{"mode": "cache", "key": "faults:http"}"#).await;
+        support::post(&url, &[("x-switchyard-id", "h1")], br#"{"mode": "cache", "key": "faults:http"}"#).await;
     assert_eq!(status, 200, "{body}");
     assert!(body.contains(r#""outcome":"handled""#), "{body}");
     assert!(backends.cache.get("faults:http").await.unwrap().is_some());
 
-    let (status, body) = common::post(&url, &[], b"{not json").await;
+    let (status, body) = support::post(&url, &[], b"{not json").await;
     assert_eq!(status, 422, "{body}");
     assert!(body.contains("payload is not a fault request"), "{body}");
 
@@ -309,11 +309,11 @@ fn bad_components_are_refused_with_a_reason_naming_the_file() {
 fn a_bad_handler_in_config_names_the_tenant_and_handler() {
     let dir = tempfile::tempdir().unwrap();
     std::fs::write(dir.path().join("bad.wasm"), b"\0asm\x01\0\0\0").unwrap();
-    let config = common::config_with_file(dir.path(), FAULTS, "faults", &[]);
+    let config = support::config_with_file(dir.path(), FAULTS, "faults", &[]);
     let mut config: Config = config;
     config.tenants.get_mut("t").unwrap().handlers.get_mut("faults").unwrap().wasm = dir.path().join("bad.wasm");
     let runtime = Arc::new(Runtime::new(RuntimeOptions::default()).unwrap());
-    let Err(err) = switchyard::dispatch::load_handlers(&config, &runtime) else {
+    let Err(err) = switchyard::wiring::load_handlers(&config, &runtime) else {
         panic!("a core module must be refused")
     };
     let err = err.to_string();

@@ -2,16 +2,16 @@
 //! directory and `switchyard plugins`, while traffic flows.
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)] // a failed assumption in a test is a failed test
 
-mod common;
+mod support;
 
 use std::collections::HashMap;
 use std::io::Write;
 use std::path::Path;
-use std::process::{Command, Stdio};
+use std::process::Command;
 use std::sync::atomic::Ordering;
 use std::time::Duration;
 
-use common::plugin;
+use support::plugin;
 use switchyard::config::Config;
 
 const SWAP: &str = r#"
@@ -74,7 +74,7 @@ async fn wait_handled(stats: &switchyard::dispatch::stats::Stats, n: u64) {
 async fn twenty_deploys_under_load_lose_nothing_and_run_nothing_twice() {
     let dir = tempfile::tempdir().unwrap();
     let config = swap_config(dir.path(), "");
-    let common::Running { stats, registry, shutdown, task, .. } = common::started_host(&config).await;
+    let support::Running { stats, registry, shutdown, task, .. } = support::started_host(&config).await;
     let builds = [std::fs::read(plugin("version_a")).unwrap(), std::fs::read(plugin("version_b")).unwrap()];
 
     const DEPLOYS: usize = 20;
@@ -149,10 +149,10 @@ async fn twenty_deploys_under_load_lose_nothing_and_run_nothing_twice() {
 #[tokio::test]
 async fn the_admin_api_deploys_lists_rolls_back_and_refuses_bad_versions() {
     let dir = tempfile::tempdir().unwrap();
-    let port = common::free_port();
+    let port = support::free_port();
     let config = swap_config(dir.path(), &format!("[admin]\nlisten = \"127.0.0.1:{port}\"\ntoken = \"s3cret\"\n"));
-    let common::Running { stats, shutdown, task, .. } = common::started_host(&config).await;
-    common::wait_for_port(port).await;
+    let support::Running { stats, shutdown, task, .. } = support::started_host(&config).await;
+    support::wait_for_port(port).await;
     let base = format!("http://127.0.0.1:{port}");
     let call = |method: &'static str, path: String, token: Option<&'static str>, body: Vec<u8>| {
         let base = base.clone();
@@ -226,7 +226,7 @@ async fn a_file_dropped_in_the_watched_directory_is_deployed() {
     let dir = tempfile::tempdir().unwrap();
     let config = swap_config(dir.path(), "[admin]\nwatch_dir = \"deploy\"\n");
     std::fs::create_dir_all(dir.path().join("deploy/t")).unwrap();
-    let common::Running { stats, registry, shutdown, task, .. } = common::started_host(&config).await;
+    let support::Running { stats, registry, shutdown, task, .. } = support::started_host(&config).await;
 
     // A broken file is refused; the live version keeps serving.
     std::fs::write(dir.path().join("deploy/t/h.wasm"), b"not wasm at all").unwrap();
@@ -256,16 +256,10 @@ async fn a_file_dropped_in_the_watched_directory_is_deployed() {
 #[test]
 fn switchyard_plugins_deploys_lists_and_rolls_back_a_running_host() {
     let dir = tempfile::tempdir().unwrap();
-    let port = common::free_port();
+    let port = support::free_port();
     swap_config(dir.path(), &format!("[admin]\nlisten = \"127.0.0.1:{port}\"\ntoken = \"tok\"\n"));
-    let mut host = Command::new(env!("CARGO_BIN_EXE_switchyard"))
-        .arg("run")
-        .arg(dir.path().join("switchyard.toml"))
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap();
-    tokio::runtime::Runtime::new().unwrap().block_on(common::wait_for_port(port));
+    let mut host = support::host::HostProcess::start(dir.path());
+    tokio::runtime::Runtime::new().unwrap().block_on(support::wait_for_port(port));
     let plugins = |args: &[&str]| {
         Command::new(env!("CARGO_BIN_EXE_switchyard"))
             .args(["plugins", "--admin", &format!("http://127.0.0.1:{port}")])
@@ -296,6 +290,5 @@ fn switchyard_plugins_deploys_lists_and_rolls_back_a_running_host() {
         .unwrap();
     assert!(!out.status.success());
     assert!(String::from_utf8_lossy(&out.stderr).contains("401"));
-    Command::new("kill").args(["-TERM", &host.id().to_string()]).status().unwrap();
-    assert!(host.wait().unwrap().success());
+    assert!(host.terminate().success(), "{}", host.log());
 }

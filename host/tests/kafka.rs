@@ -9,12 +9,11 @@
 //! a port where nothing listens.
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)] // a failed assumption in a test is a failed test
 
-mod conformance;
+mod support;
 
 use std::collections::HashMap;
 use std::time::{Duration, Instant};
 
-use conformance::{Broker, DeadLetter, test_dir, unique};
 use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
 use rdkafka::client::DefaultClientContext;
 use rdkafka::config::ClientConfig;
@@ -22,6 +21,8 @@ use rdkafka::consumer::{BaseConsumer, Consumer};
 use rdkafka::message::Headers;
 use rdkafka::producer::{FutureProducer, FutureRecord};
 use rdkafka::{Message, Offset, TopicPartitionList};
+use support::brokers::{self as conformance, Broker, DeadLetter, test_dir};
+use support::unique;
 
 const PARTITIONS: i32 = 4;
 const TIMEOUT: Duration = Duration::from_secs(10);
@@ -224,7 +225,7 @@ async fn scale_out() {
 
 #[tokio::test]
 async fn down_at_start() {
-    let port = conformance::free_port();
+    let port = support::free_port();
     let source = format!("type = \"kafka\"\nbrokers = \"127.0.0.1:{port}\"\ntopics = [\"nowhere\"]");
     conformance::down_at_start(&source, &test_dir("kafka-down"), &format!("127.0.0.1:{port}"), "Kafka").await;
 }
@@ -233,12 +234,12 @@ async fn down_at_start() {
 /// record with its key and headers, and returns once the broker has it.
 #[tokio::test]
 async fn publisher_produces_to_the_topic() {
-    use switchyard::runtime::bindings::publish::Outgoing;
+    use switchyard::contract::bindings::publish::Outgoing;
 
     let kafka = Kafka::new("publish").await;
-    let config: switchyard::sources::kafka::KafkaConfig =
+    let config: switchyard::config::KafkaConfig =
         toml::from_str(&format!("brokers = \"{}\"\ntopics = [\"{}\"]", kafka.brokers, kafka.topic)).unwrap();
-    let (_source, publisher) = switchyard::sources::kafka::build("out", &config, 1);
+    let (_source, publisher) = switchyard::sources::kafka::source::build("out", &config, 1);
     publisher
         .publish(vec![Outgoing {
             destination: kafka.topic.clone(),
@@ -256,12 +257,12 @@ async fn publisher_produces_to_the_topic() {
     assert_eq!(records[0].header("order-id"), Some("42"));
 
     // A topic that does not exist fails as `unavailable`, naming the source.
-    let config: switchyard::sources::kafka::KafkaConfig = toml::from_str(&format!(
+    let config: switchyard::config::KafkaConfig = toml::from_str(&format!(
         "brokers = \"{}\"\ntopics = [\"{}\"]\nproduce_timeout_ms = 2000",
         kafka.brokers, kafka.topic
     ))
     .unwrap();
-    let (_source, publisher) = switchyard::sources::kafka::build("out", &config, 1);
+    let (_source, publisher) = switchyard::sources::kafka::source::build("out", &config, 1);
     let missing = unique("missing-topic");
     let err = publisher
         .publish(vec![Outgoing {

@@ -3,24 +3,25 @@
 //! Effects are checked through the test's own sqlx connection.
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)] // a failed assumption in a test is a failed test
 
-mod common;
+mod support;
 
 use std::sync::Arc;
 
-use common::conformance::{self, DbUnderTest, Direct};
 use sqlx::Row;
 use sqlx::mysql::MySqlPool;
-use switchyard::capabilities::backends::mysql::MySqlDb;
-use switchyard::capabilities::backends::sql::ServerOptions;
-use switchyard::capabilities::db::DbBackend;
-use switchyard::runtime::bindings::db::Value;
+use support::backends::{self as conformance, DbUnderTest, Direct};
+use switchyard::capabilities::backends::sql::mysql::MySql;
+use switchyard::capabilities::backends::sql::server::{Dialect, SqlServer};
+use switchyard::config::SqlServerConfig;
+use switchyard::contract::bindings::db::Value;
+use switchyard::contract::db::DbBackend;
 
 fn url() -> String {
     std::env::var("SWITCHYARD_MYSQL_URL").unwrap_or_else(|_| "mysql://root@127.0.0.1:3306/test".into())
 }
 
-fn options() -> ServerOptions {
-    ServerOptions { init: Vec::new(), max_connections: 4, max_batch: 1000, timeout_ms: 5000 }
+fn options() -> SqlServerConfig {
+    SqlServerConfig { url: url(), init: Vec::new(), max_connections: 4, max_batch: 1000, timeout_ms: 5000 }
 }
 
 struct My(MySqlPool);
@@ -41,7 +42,7 @@ impl Direct for My {
 
 #[tokio::test]
 async fn mysql_passes_the_db_conformance() {
-    let db: Arc<dyn DbBackend> = Arc::new(MySqlDb::open(&url(), &options()).await.unwrap());
+    let db: Arc<dyn DbBackend> = Arc::new(SqlServer::<MySql>::open(&options()).await.unwrap());
     let t = DbUnderTest {
         backend_toml: format!("type = \"mysql\"\nurl = \"{}\"", url()),
         db,
@@ -61,7 +62,7 @@ async fn decimals_unsigned_and_timestamps_read_back_typed() {
     .execute(&direct)
     .await
     .unwrap();
-    let db = MySqlDb::open(&url(), &options()).await.unwrap();
+    let db = SqlServer::<MySql>::open(&options()).await.unwrap();
     db.execute(
         &format!("INSERT INTO {table} (d, u, ts, v, day) VALUES (?, ?, ?, ?, ?)"),
         vec![
@@ -97,12 +98,12 @@ async fn decimals_unsigned_and_timestamps_read_back_typed() {
 #[tokio::test]
 async fn a_saga_survives_a_crash_at_each_step_with_effects_exactly_once() {
     let direct = My(MySqlPool::connect(&url()).await.unwrap());
-    let db = common::saga::SagaDb {
+    let db = support::saga::SagaDb {
         backend_toml: format!("type = \"mysql\"\nurl = \"{}\"", url()),
         direct: &direct,
         text_type: "VARCHAR(64)",
         redis_db: 12,
-        placeholders: switchyard::capabilities::backends::sql::Placeholders::Question,
+        transactions: <MySql as Dialect>::TRANSACTIONS,
     };
-    common::saga::crash_at_each_step(&db).await;
+    support::saga::crash_at_each_step(&db).await;
 }

@@ -4,14 +4,16 @@
 //! port, so the shared server is never taken away.
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)] // a failed assumption in a test is a failed test
 
-mod conformance;
+mod support;
 
 use std::sync::Mutex;
 use std::time::Duration;
 
 use async_nats::jetstream;
-use conformance::{Broker, DeadLetter, test_dir, unique};
 use futures::StreamExt;
+use support::brokers::{self as conformance, Broker, DeadLetter, test_dir};
+use support::host::HostProcess;
+use support::unique;
 
 fn url() -> String {
     std::env::var("NATS_URL").unwrap_or_else(|_| "nats://127.0.0.1:4222".into())
@@ -176,7 +178,7 @@ struct OwnServer {
 
 impl OwnServer {
     fn new(dir: &std::path::Path) -> Self {
-        Self { port: conformance::free_port(), store: dir.join("nats-store"), child: None }
+        Self { port: support::free_port(), store: dir.join("nats-store"), child: None }
     }
 
     fn url(&self) -> String {
@@ -288,7 +290,7 @@ async fn nats_down_at_start_then_up() {
     conformance::down_at_start(&source, &dir.join("first"), &format!("127.0.0.1:{}", server.port), "NATS").await;
     // And once it is up, a host waiting for it gets going by itself.
     conformance::write_config(&dir.join("second"), &source, "*", &conformance::Setup::default());
-    let mut host = conformance::Host::start(&dir.join("second"));
+    let mut host = HostProcess::start(&dir.join("second"));
     tokio::time::sleep(Duration::from_secs(1)).await;
     server.start().await;
     host.wait_ready().await;
@@ -335,7 +337,7 @@ async fn core_request_and_reply() {
     let core = Core::new("rpc").await;
     let dir = test_dir("core-rpc");
     conformance::write_config(&dir, &core.source(), "*", &conformance::Setup::default());
-    let mut host = conformance::Host::start(&dir);
+    let mut host = HostProcess::start(&dir);
     host.wait_ready().await;
     let reply = tokio::time::timeout(
         Duration::from_secs(10),
@@ -360,7 +362,7 @@ async fn core_request_and_reply() {
 async fn jetstream_pull_lost_with_a_server_restart_is_made_again() {
     let (dir, mut server, broker) = own_jetstream("lostpull").await;
     conformance::write_config(&dir, &broker.source(), &broker.topic(), &conformance::Setup::default());
-    let mut host = conformance::Host::start(&dir);
+    let mut host = HostProcess::start(&dir);
     host.wait_ready().await;
     conformance::publish_many(&broker, 0, 20, 4, "").await;
     conformance::wait_for(60, "the first 20 messages handled", || async {

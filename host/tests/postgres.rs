@@ -3,27 +3,28 @@
 //! Effects are checked through the test's own sqlx connection.
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)] // a failed assumption in a test is a failed test
 
-mod common;
+mod support;
 
 use std::path::Path;
 use std::sync::Arc;
 
-use common::conformance::{self, DbUnderTest, Direct};
 use sqlx::postgres::PgPool;
 use sqlx::{Connection, Row};
+use support::backends::{self as conformance, DbUnderTest, Direct};
 use switchyard::Config;
-use switchyard::capabilities::backends::postgres::PostgresDb;
-use switchyard::capabilities::backends::sql::ServerOptions;
-use switchyard::capabilities::db::DbBackend;
+use switchyard::capabilities::backends::sql::postgres::Postgres;
+use switchyard::capabilities::backends::sql::server::{Dialect, SqlServer};
+use switchyard::config::SqlServerConfig;
 use switchyard::config::{CacheBackendConfig, DbBackendConfig};
-use switchyard::runtime::bindings::db::Value;
+use switchyard::contract::bindings::db::Value;
+use switchyard::contract::db::DbBackend;
 
 fn url() -> String {
     std::env::var("SWITCHYARD_POSTGRES_URL").unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/test".into())
 }
 
-fn options() -> ServerOptions {
-    ServerOptions { init: Vec::new(), max_connections: 4, max_batch: 1000, timeout_ms: 5000 }
+fn options() -> SqlServerConfig {
+    SqlServerConfig { url: url(), init: Vec::new(), max_connections: 4, max_batch: 1000, timeout_ms: 5000 }
 }
 
 struct Pg(PgPool);
@@ -44,7 +45,7 @@ impl Direct for Pg {
 
 #[tokio::test]
 async fn postgres_passes_the_db_conformance() {
-    let db: Arc<dyn DbBackend> = Arc::new(PostgresDb::open(&url(), &options()).await.unwrap());
+    let db: Arc<dyn DbBackend> = Arc::new(SqlServer::<Postgres>::open(&options()).await.unwrap());
     let t = DbUnderTest {
         backend_toml: format!("type = \"postgres\"\nurl = \"{}\"", url()),
         db,
@@ -62,7 +63,7 @@ async fn concurrent_inserts_share_transactions_and_statements() {
         .execute(&direct)
         .await
         .unwrap();
-    let db = PostgresDb::open(&url(), &options()).await.unwrap();
+    let db = SqlServer::<Postgres>::open(&options()).await.unwrap();
     let insert = format!("INSERT INTO {table} (id, v) VALUES ($1, $2)");
     let calls: Vec<_> =
         (0..500i64).map(|i| db.execute(&insert, vec![Value::Int(i), Value::Text(i.to_string())])).collect();
@@ -132,11 +133,11 @@ async fn a_schema_grant_cannot_be_escaped_through_unqualified_names_or_search_pa
         ),
     ];
     let lines: Vec<&str> = lines.iter().map(String::as_str).collect();
-    let config = common::config_with_file(dir.path(), &template, "faults", &lines);
-    let (stats, _) = common::run_host(&config).await;
+    let config = support::config_with_file(dir.path(), &template, "faults", &lines);
+    let (stats, _) = support::run_host(&config).await;
     assert_eq!((stats.handled, stats.dead_lettered), (1, 3), "{stats:?}");
-    for line in common::read_dead_letters(&dir.path().join("dead-letter/in.jsonl")) {
-        let reason = common::header(&line, "switchyard-dead-letter-reason").unwrap();
+    for line in support::read_dead_letters(&dir.path().join("dead-letter/in.jsonl")) {
+        let reason = support::header(&line, "switchyard-dead-letter-reason").unwrap();
         assert!(reason.contains("Denied"), "{}: {reason}", line["id"]);
     }
     let count = |sql: String| {
@@ -166,7 +167,7 @@ async fn quickstart_handlers_run_against_postgres_and_redis() {
     let quickstart = Path::new(env!("CARGO_MANIFEST_DIR")).join("../examples/quickstart/switchyard.toml");
     let mut config = Config::load(&quickstart).unwrap();
     config.data_dir = dir.path().to_path_buf();
-    config.backends.db = DbBackendConfig::Postgres {
+    config.backends.db = DbBackendConfig::Postgres(SqlServerConfig {
         url: db_url.clone(),
         init: vec![
             "CREATE TABLE orders (id TEXT PRIMARY KEY, customer TEXT NOT NULL, total DOUBLE PRECISION NOT NULL)".into(),
@@ -174,13 +175,13 @@ async fn quickstart_handlers_run_against_postgres_and_redis() {
         max_connections: 4,
         max_batch: 1000,
         timeout_ms: 5000,
-    };
+    });
     config.backends.cache = CacheBackendConfig::Redis {
         url: "redis://127.0.0.1:6379".into(),
         key_prefix: prefix.clone(),
         timeout_ms: 2000,
     };
-    let (stats, _) = common::run_host(&config).await;
+    let (stats, _) = support::run_host(&config).await;
     assert_eq!((stats.handled, stats.dead_lettered, stats.retried), (101, 1, 0), "{stats:?}");
 
     let pg = PgPool::connect(&db_url).await.unwrap();
@@ -211,12 +212,12 @@ async fn quickstart_handlers_run_against_postgres_and_redis() {
 #[tokio::test]
 async fn a_saga_survives_a_crash_at_each_step_with_effects_exactly_once() {
     let direct = Pg(PgPool::connect(&url()).await.unwrap());
-    let db = common::saga::SagaDb {
+    let db = support::saga::SagaDb {
         backend_toml: format!("type = \"postgres\"\nurl = \"{}\"", url()),
         direct: &direct,
         text_type: "TEXT",
         redis_db: 9,
-        placeholders: switchyard::capabilities::backends::sql::Placeholders::Numbered,
+        transactions: <Postgres as Dialect>::TRANSACTIONS,
     };
-    common::saga::crash_at_each_step(&db).await;
+    support::saga::crash_at_each_step(&db).await;
 }

@@ -7,16 +7,16 @@
 //! test fails. Keys carry a unique prefix so runs never collide.
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)] // a failed assumption in a test is a failed test
 
-mod common;
+mod support;
 
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use common::conformance;
-use switchyard::capabilities::BackendError;
+use support::backends as conformance;
 use switchyard::capabilities::backends::memory::MemoryCache;
 use switchyard::capabilities::backends::redis::RedisCache;
-use switchyard::capabilities::cache::CacheBackend;
+use switchyard::contract::cache::CacheBackend;
+use switchyard::contract::errors::BackendError;
 
 /// Held shared by tests that need Redis up, and exclusively by the one that
 /// stops it.
@@ -192,13 +192,13 @@ async fn messages_survive_redis_going_down_and_coming_back() {
         |i: usize| format!(r#"{{"topic": "product.changed", "key": "p{i}", "payload": {{"id": "p{i}", "n": {i}}}}}"#);
     let first: Vec<String> = (0..20).map(product).collect();
     let template = CACHE_UPDATE.replace("REDIS_URL", &url()).replace("PREFIX", &prefix);
-    let config = common::config_with_file(
+    let config = support::config_with_file(
         dir.path(),
         &template,
         "cache_update",
         &first.iter().map(String::as_str).collect::<Vec<_>>(),
     );
-    let common::Running { stats, backends, shutdown, task: host, .. } = common::started_host(&config).await;
+    let support::Running { stats, backends, shutdown, task: host, .. } = support::started_host(&config).await;
     let mut conn = direct().await;
     wait_for(|| async { stats.snapshot().handled >= 20 }).await;
 

@@ -3,13 +3,14 @@
 //! on a free port, so the shared server is never taken away.
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)] // a failed assumption in a test is a failed test
 
-mod conformance;
+mod support;
 
 use std::time::Duration;
 
-use conformance::{Broker, DeadLetter, test_dir, unique};
 use redis::AsyncCommands;
 use redis::streams::StreamRangeReply;
+use support::brokers::{self as conformance, Broker, DeadLetter, test_dir};
+use support::unique;
 
 fn url() -> String {
     std::env::var("REDIS_URL").unwrap_or_else(|_| "redis://127.0.0.1:6379".into())
@@ -103,7 +104,7 @@ impl OwnServer {
     fn new(dir: &std::path::Path) -> Self {
         let dir = dir.join("redis");
         std::fs::create_dir_all(&dir).unwrap();
-        Self { port: conformance::free_port(), dir }
+        Self { port: support::free_port(), dir }
     }
 
     fn url(&self) -> String {
@@ -197,7 +198,7 @@ async fn broker_restart() {
 
 #[tokio::test]
 async fn down_at_start() {
-    let port = conformance::free_port();
+    let port = support::free_port();
     let source = format!("type = \"redis\"\nurl = \"redis://127.0.0.1:{port}\"\nstreams = [\"nowhere\"]");
     conformance::down_at_start(&source, &test_dir("redis-down"), &format!("127.0.0.1:{port}"), "Redis").await;
 }

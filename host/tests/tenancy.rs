@@ -4,11 +4,11 @@
 //! of the well-behaved tenant is handled.
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)] // a failed assumption in a test is a failed test
 
-mod common;
+mod support;
 
 use std::sync::Arc;
 
-use common::{header, plugin, read_dead_letters};
+use support::{header, plugin, read_dead_letters};
 use switchyard::config::Config;
 use switchyard::runtime::registry::{DeployError, Registry};
 use switchyard::runtime::{Runtime, RuntimeOptions};
@@ -97,7 +97,7 @@ async fn hostile_handlers_fail_only_their_own_messages() {
         }
     }
     let config = config(dir.path(), &lines);
-    let (host, backends) = common::build_host(&config).await;
+    let (host, backends) = support::build_host(&config).await;
     backends.cache.set("victim:secret", b"hunter2".to_vec(), None).await.unwrap();
     let stats = host.run(CancellationToken::new()).await;
 

@@ -2,45 +2,9 @@
 //! text format.
 
 use std::fmt::Write;
-use std::sync::atomic::{AtomicU64, Ordering};
-use std::time::Duration;
+use std::sync::atomic::Ordering;
 
-/// Upper bounds of the latency histogram, in seconds.
-const BUCKETS: [f64; 14] = [0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 5.0];
-
-/// The counters of one handler.
-#[derive(Debug, Default)]
-pub struct HandlerMetrics {
-    /// Messages acked.
-    pub handled: AtomicU64,
-    /// Retries scheduled.
-    pub retried: AtomicU64,
-    /// Messages dead-lettered.
-    pub dead_lettered: AtomicU64,
-    /// Invocations running now.
-    pub in_flight: AtomicU64,
-    /// Fuel consumed, for handlers with a fuel limit.
-    pub fuel: AtomicU64,
-    /// Invocation time, summed, in nanoseconds.
-    time_ns: AtomicU64,
-    /// Invocations, per latency bucket (the last is +Inf).
-    buckets: [AtomicU64; BUCKETS.len() + 1],
-}
-
-impl HandlerMetrics {
-    /// Record one invocation's wall time.
-    pub fn observe(&self, elapsed: Duration) {
-        self.time_ns.fetch_add(elapsed.as_nanos() as u64, Ordering::Relaxed);
-        let secs = elapsed.as_secs_f64();
-        let i = BUCKETS.iter().position(|b| secs <= *b).unwrap_or(BUCKETS.len());
-        self.buckets[i].fetch_add(1, Ordering::Relaxed);
-    }
-
-    /// Invocations recorded.
-    pub fn invocations(&self) -> u64 {
-        self.buckets.iter().map(|b| b.load(Ordering::Relaxed)).sum()
-    }
-}
+use crate::runtime::metrics::{BUCKETS, HandlerMetrics};
 
 fn escape(value: &str) -> String {
     value.replace('\\', "\\\\").replace('"', "\\\"").replace('\n', "\\n")
@@ -78,14 +42,15 @@ pub fn render<'a>(handlers: impl Iterator<Item = (&'a str, &'a str, &'a HandlerM
         writeln!(out, "# HELP {name} Wall time of one invocation, instantiation included.\n# TYPE {name} histogram");
     for (tenant, handler, m) in handlers {
         let labels = format!("tenant=\"{}\",handler=\"{}\"", escape(tenant), escape(handler));
+        let counts = m.bucket_counts();
         let mut cumulative = 0;
-        for (i, bound) in BUCKETS.iter().enumerate() {
-            cumulative += m.buckets[i].load(Ordering::Relaxed);
+        for (bound, count) in BUCKETS.iter().zip(&counts) {
+            cumulative += count;
             let _ = writeln!(out, "{name}_bucket{{{labels},le=\"{bound}\"}} {cumulative}");
         }
-        cumulative += m.buckets[BUCKETS.len()].load(Ordering::Relaxed);
+        cumulative += counts.last().copied().unwrap_or_default();
         let _ = writeln!(out, "{name}_bucket{{{labels},le=\"+Inf\"}} {cumulative}");
-        let _ = writeln!(out, "{name}_sum{{{labels}}} {}", m.time_ns.load(Ordering::Relaxed) as f64 / 1e9);
+        let _ = writeln!(out, "{name}_sum{{{labels}}} {}", m.total_time().as_secs_f64());
         let _ = writeln!(out, "{name}_count{{{labels}}} {cumulative}");
     }
     out
@@ -94,6 +59,7 @@ pub fn render<'a>(handlers: impl Iterator<Item = (&'a str, &'a str, &'a HandlerM
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::time::Duration;
 
     #[test]
     fn renders_counters_and_a_cumulative_histogram() {

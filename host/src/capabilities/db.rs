@@ -1,126 +1,26 @@
-//! The `db` capability: the host side of the WIT interface, the table-grant
-//! check, and the trait its backends implement (`sqlite`, `postgres`, `mysql`).
+//! The `db` capability: the host side of the WIT interface, and the check
+//! of each statement against the tenant's tables.
 
 use std::ops::ControlFlow;
 
-use async_trait::async_trait;
 use sqlparser::ast::{Expr, ObjectNamePart, Statement, visit_expressions, visit_relations};
 use sqlparser::dialect::{Dialect, MySqlDialect, PostgreSqlDialect, SQLiteDialect};
 use sqlparser::parser::Parser;
 
-use super::backends::sql::number_question_marks;
-use super::publish::Publisher;
-use super::{BackendError, CapabilityFailure, Effect, check_size};
-use crate::runtime::bindings::db::{self, RowSet, Value};
-use crate::runtime::bindings::publish::Outgoing;
-use crate::runtime::state::HostState;
+use crate::contract::bindings::db::{self, RowSet, Value};
+use crate::contract::db::SqlDialect;
+use crate::contract::errors::CapabilityFailure;
 
-/// Which SQL dialect a backend speaks, for parsing statements to check grants.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum SqlDialect {
-    /// SQLite.
-    Sqlite,
-    /// PostgreSQL.
-    Postgres,
-    /// MySQL and MariaDB.
-    MySql,
-}
+use super::context::{CapabilityCtx, Effect, check_size, printable};
 
-/// A SQL database. Statements reach it already checked against grants.
-#[async_trait]
-pub trait DbBackend: Send + Sync {
-    /// The dialect it speaks.
-    fn dialect(&self) -> SqlDialect;
-    /// Run a statement; returns rows affected.
-    async fn execute(&self, sql: &str, params: Vec<Value>) -> Result<u64, BackendError>;
-    /// Run a query; returns its rows.
-    async fn query(&self, sql: &str, params: Vec<Value>) -> Result<RowSet, BackendError>;
-
-    /// Create the inbox and outbox tables transactional routes use.
-    async fn prepare_transactions(&self) -> Result<(), BackendError> {
-        Err(BackendError::Invalid("this db backend has no transactional routes".into()))
-    }
-    /// Begin the transaction of one invocation of `inbox.route` on
-    /// `inbox.message`, or tell that the message was already settled in the
-    /// inbox by an earlier delivery.
-    async fn begin(&self, _inbox: &InboxKey) -> Result<Begun, BackendError> {
-        Err(BackendError::Invalid("this db backend has no transactional routes".into()))
-    }
-    /// Publish the oldest outbox rows through `publisher`, at most `limit`,
-    /// and delete them once it accepted them. Rows another relay is sending
-    /// are skipped. Returns how many were sent.
-    async fn relay(&self, _publisher: &dyn Publisher, _limit: usize) -> Result<usize, BackendError> {
-        Ok(0)
-    }
-}
-
-/// Which message of which route an inbox row stands for.
-#[derive(Debug, Clone)]
-pub struct InboxKey {
-    /// The route, as `<tenant>/<handler>`.
-    pub route: String,
-    /// The message, as `<source>:<id>`.
-    pub message: String,
-}
-
-/// How a message ended, as its inbox row records it.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum InboxOutcome {
-    /// Handled: its writes committed and its publishes are in the outbox.
-    Handled,
-    /// Failed for good: its compensations are in the outbox.
-    Failed,
-}
-
-impl InboxOutcome {
-    /// The word stored in the inbox.
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Self::Handled => "handled",
-            Self::Failed => "failed",
-        }
-    }
-
-    /// The outcome a stored word names; anything else counts as handled.
-    pub fn parse(text: &str) -> Self {
-        if text == "failed" { Self::Failed } else { Self::Handled }
-    }
-}
-
-/// What [`DbBackend::begin`] found.
-pub enum Begun {
-    /// The message is new: its transaction.
-    Transaction(Box<dyn DbTransaction>),
-    /// An earlier delivery of the message already committed this outcome.
-    Settled(InboxOutcome),
-}
-
-/// The open transaction of one invocation on a transactional route.
-#[async_trait]
-pub trait DbTransaction: Send {
-    /// Run a statement inside the transaction; rows affected.
-    async fn execute(&mut self, sql: &str, params: Vec<Value>) -> Result<u64, BackendError>;
-    /// Run a query inside the transaction, seeing its own writes.
-    async fn query(&mut self, sql: &str, params: Vec<Value>) -> Result<RowSet, BackendError>;
-    /// Record the message in the inbox with `outcome` and `outbox` for the
-    /// relay, then commit. `Ok(false)` when another delivery of the same
-    /// message committed first; this one is then rolled back.
-    async fn commit(
-        self: Box<Self>,
-        inbox: &InboxKey,
-        outcome: InboxOutcome,
-        outbox: &[Outgoing],
-    ) -> Result<bool, BackendError>;
-}
-
-impl HostState {
+impl CapabilityCtx {
     /// The statement as the backend will run it, checked against grants.
     fn check_sql(&self, sql: String) -> Result<String, CapabilityFailure> {
         check_size("SQL statement", sql.len())?;
-        let dialect = self.caps.backends.db.dialect();
+        let db = &self.access.backends.db;
         // Check what will run: on PostgreSQL, `?` placeholders become `$n`.
-        let sql = if dialect == SqlDialect::Postgres { number_question_marks(&sql) } else { sql };
-        check_tables(&self.caps.grants.db_tables, dialect, &sql)?;
+        let sql = db.prepare(sql);
+        check_tables(&self.access.grants.db_tables, db.dialect(), &sql)?;
         Ok(sql)
     }
 }
@@ -222,14 +122,14 @@ fn escaping_function(statement: &Statement) -> Option<String> {
     found
 }
 
-impl db::Host for HostState {
+impl db::Host for CapabilityCtx {
     async fn execute(&mut self, sql: String, params: Vec<Value>) -> Result<u64, CapabilityFailure> {
         let sql = self.check_sql(sql)?;
         self.record(|| Effect::DbExecute { sql: sql.clone(), params: params.iter().map(value_json).collect() });
         if let Some(tx) = &mut self.transaction {
             return Ok(tx.execute(&sql, params).await?);
         }
-        Ok(self.caps.backends.db.execute(&sql, params).await?)
+        Ok(self.access.backends.db.execute(&sql, params).await?)
     }
 
     async fn query(&mut self, sql: String, params: Vec<Value>) -> Result<RowSet, CapabilityFailure> {
@@ -237,7 +137,7 @@ impl db::Host for HostState {
         if let Some(tx) = &mut self.transaction {
             return Ok(tx.query(&sql, params).await?);
         }
-        Ok(self.caps.backends.db.query(&sql, params).await?)
+        Ok(self.access.backends.db.query(&sql, params).await?)
     }
 }
 
@@ -250,7 +150,7 @@ pub(crate) fn value_json(v: &Value) -> serde_json::Value {
         Value::Int(i) => json!(i),
         Value::Float(f) => json!(f),
         Value::Text(s) => json!(s),
-        Value::Bytes(b) => json!({ "bytes": super::printable(b) }),
+        Value::Bytes(b) => json!({ "bytes": printable(b) }),
         Value::Json(j) => serde_json::from_str(j).unwrap_or_else(|_| json!(j)),
         Value::Timestamp(t) => json!({ "timestamp_us": t }),
     }

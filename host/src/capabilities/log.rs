@@ -1,24 +1,18 @@
 //! The `log` capability: a handler's log lines go into the host's log, tagged
 //! with the tenant, handler and message.
 
-use crate::runtime::bindings::log::{self, Level};
-use crate::runtime::state::HostState;
+use crate::contract::bindings::log::{self, Level};
+use crate::contract::util::truncate;
+
+use super::context::CapabilityCtx;
 
 /// Longer lines are cut, so a handler cannot flood the log with one call.
 const MAX_LINE: usize = 4096;
 
-impl log::Host for HostState {
+impl log::Host for CapabilityCtx {
     async fn log(&mut self, level: Level, message: String) -> wasmtime::Result<()> {
-        let mut message = message;
-        if message.len() > MAX_LINE {
-            let mut end = MAX_LINE;
-            while !message.is_char_boundary(end) {
-                end -= 1;
-            }
-            message.truncate(end);
-            message.push_str("...");
-        }
-        let c = &self.log_context;
+        let message = truncate(message, MAX_LINE);
+        let c = &self.log;
         let (tenant, handler, id) = (&*c.tenant, &*c.handler, c.message_id.as_str());
         match level {
             Level::Trace => tracing::trace!(target: "handler", tenant, handler, message_id = id, "{message}"),

@@ -1,33 +1,16 @@
-//! The `search` capability: the host side of the WIT interface, and the trait
-//! its backends implement (`tantivy`, `elasticsearch`).
+//! The `search` capability: the host side of the WIT interface. Index names
+//! are checked against the tenant's prefixes, and documents to be JSON
+//! objects, before they reach the backend.
 
-use async_trait::async_trait;
+use crate::contract::bindings::search::{self, Hit};
+use crate::contract::errors::CapabilityFailure;
 
-use super::{BackendError, CapabilityFailure, Effect, check_size, has_prefix};
-use crate::runtime::bindings::search::{self, Hit};
-use crate::runtime::state::HostState;
-
-/// A full-text index. Index names reach it already checked against grants,
-/// and documents already checked to be JSON objects.
-#[async_trait]
-pub trait SearchBackend: Send + Sync {
-    /// Add or replace a document.
-    async fn index(
-        &self,
-        index: &str,
-        id: &str,
-        document: serde_json::Map<String, serde_json::Value>,
-    ) -> Result<(), BackendError>;
-    /// Remove a document.
-    async fn delete(&self, index: &str, id: &str) -> Result<(), BackendError>;
-    /// Search; best hits first.
-    async fn query(&self, index: &str, query: &str, limit: usize) -> Result<Vec<Hit>, BackendError>;
-}
+use super::context::{CapabilityCtx, Effect, check_size, has_prefix};
 
 /// The most hits one query may return.
 const MAX_HITS: u32 = 1000;
 
-impl HostState {
+impl CapabilityCtx {
     fn check_index(&self, index: &str) -> Result<(), CapabilityFailure> {
         let valid = !index.is_empty()
             && index.len() <= 128
@@ -38,17 +21,17 @@ impl HostState {
                 "index name {index:?} must be 1 to 128 of a-z, 0-9, '-', '_', '.', not starting with a symbol"
             )));
         }
-        if !has_prefix(&self.caps.grants.search_prefixes, index) {
+        if !has_prefix(&self.access.grants.search_prefixes, index) {
             return Err(CapabilityFailure::Denied(format!(
                 "index {index:?} is outside the tenant's prefixes {:?}",
-                self.caps.grants.search_prefixes
+                self.access.grants.search_prefixes
             )));
         }
         Ok(())
     }
 }
 
-impl search::Host for HostState {
+impl search::Host for CapabilityCtx {
     async fn index_document(&mut self, index: String, id: String, document: String) -> Result<(), CapabilityFailure> {
         self.check_index(&index)?;
         check_size("document", document.len())?;
@@ -61,18 +44,18 @@ impl search::Host for HostState {
             Err(e) => return Err(CapabilityFailure::Invalid(format!("document {id:?} is not JSON: {e}"))),
         };
         self.record(|| Effect::SearchIndex { index: index.clone(), id: id.clone() });
-        Ok(self.caps.backends.search.index(&index, &id, document).await?)
+        Ok(self.access.backends.search.index(&index, &id, document).await?)
     }
 
     async fn delete_document(&mut self, index: String, id: String) -> Result<(), CapabilityFailure> {
         self.check_index(&index)?;
         self.record(|| Effect::SearchDelete { index: index.clone(), id: id.clone() });
-        Ok(self.caps.backends.search.delete(&index, &id).await?)
+        Ok(self.access.backends.search.delete(&index, &id).await?)
     }
 
     async fn query(&mut self, index: String, query: String, limit: u32) -> Result<Vec<Hit>, CapabilityFailure> {
         self.check_index(&index)?;
         check_size("query", query.len())?;
-        Ok(self.caps.backends.search.query(&index, &query, limit.min(MAX_HITS) as usize).await?)
+        Ok(self.access.backends.search.query(&index, &query, limit.min(MAX_HITS) as usize).await?)
     }
 }

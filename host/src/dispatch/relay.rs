@@ -16,10 +16,10 @@ use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
 
 use super::faults::{CrashPoint, crash_point};
-use crate::capabilities::BackendError;
-use crate::capabilities::db::DbBackend;
-use crate::capabilities::publish::Publisher;
-use crate::runtime::bindings::publish::Outgoing;
+use crate::contract::bindings::publish::Outgoing;
+use crate::contract::db::DbBackend;
+use crate::contract::errors::BackendError;
+use crate::contract::publish::Publisher;
 
 /// Outbox rows claimed and published per round.
 const BATCH: usize = 256;

@@ -8,8 +8,8 @@ use sha2::{Digest, Sha256};
 use wasmtime::Engine;
 use wasmtime::component::{Component, Linker};
 
-use crate::runtime::bindings::HandlerPre;
-use crate::runtime::state::HostState;
+use super::state::HostState;
+use crate::contract::bindings::HandlerPre;
 
 /// A handler component that could not be loaded. Each case names the file.
 #[derive(Debug, thiserror::Error)]

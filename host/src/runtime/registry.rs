@@ -18,8 +18,9 @@ use arc_swap::ArcSwap;
 use serde::Serialize;
 use wasmtime::component::types::ComponentItem;
 
-use super::{LoadError, Plugin, Runtime};
-use crate::admin::metrics::HandlerMetrics;
+use super::engine::Runtime;
+use super::metrics::HandlerMetrics;
+use super::plugin::{self, LoadError, Plugin};
 use crate::config::{Config, Grants};
 
 /// A deploy or rollback that was refused. The live version is unchanged.
@@ -214,7 +215,7 @@ impl Registry {
     fn precompile<'a>(&self, files: impl Iterator<Item = (&'a Path, &'a [u8])>) {
         let mut distinct: HashMap<String, (&Path, &[u8])> = HashMap::new();
         for (path, bytes) in files {
-            distinct.entry(super::plugin::digest(bytes)).or_insert((path, bytes));
+            distinct.entry(plugin::digest(bytes)).or_insert((path, bytes));
         }
         // Each distinct component, by digest, with its path and bytes.
         type Work<'a> = Vec<(String, (&'a Path, &'a [u8]))>;
@@ -259,7 +260,7 @@ impl Registry {
     /// it against the tenant's grants.
     fn validate(&self, tenant: &str, handler: &str, path: &Path, bytes: &[u8]) -> Result<Arc<Plugin>, DeployError> {
         let load_error = |error| DeployError::Load { tenant: tenant.into(), handler: handler.into(), error };
-        let digest = super::plugin::digest(bytes);
+        let digest = plugin::digest(bytes);
         let known = self.by_digest.lock().ok().and_then(|m| m.get(&digest).cloned());
         let plugin = match known {
             Some(plugin) => plugin,

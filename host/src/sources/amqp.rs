@@ -30,85 +30,18 @@ use lapin::options::{
 };
 use lapin::types::{AMQPValue, FieldTable, LongString, ShortString};
 use lapin::{BasicProperties, Channel, Confirmation, Connection, ConnectionProperties, ExchangeKind};
-use serde::Deserialize;
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
-use super::{
-    ATTEMPT_HEADER, Backoff, Delivery, ID_HEADER, KEY_HEADER, Settle, Settlement, Source, SourceError, now_ms, redact,
-};
-use crate::capabilities::BackendError;
-use crate::capabilities::publish::Publisher;
-use crate::runtime::bindings::Message;
-use crate::runtime::bindings::publish::Outgoing;
-
-/// A RabbitMQ source: the queues it consumes and the topology it declares.
-#[derive(Debug, Clone, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct AmqpConfig {
-    /// The broker. Example: `url = "amqp://guest:guest@127.0.0.1:5672/%2f"`.
-    pub url: String,
-    /// Queues to consume, declared durable. A message's topic is the name of
-    /// the queue it came from. Example: `queues = ["orders"]`.
-    pub queues: Vec<String>,
-    /// Exchanges to declare, durable.
-    /// Example: `exchanges = [{ name = "events", kind = "topic" }]`.
-    #[serde(default)]
-    pub exchanges: Vec<AmqpExchange>,
-    /// Bindings from exchanges to queues.
-    /// Example: `bindings = [{ exchange = "events", queue = "orders", routing_key = "order.*" }]`.
-    #[serde(default)]
-    pub bindings: Vec<AmqpBinding>,
-    /// How many unacked messages the broker may send ahead. Default: twice
-    /// the sum of the concurrency of the routes reading this source.
-    /// Example: `prefetch = 64`.
-    #[serde(default)]
-    pub prefetch: Option<u16>,
-    /// The direct exchange dead letters are published to, routed by queue
-    /// name into the queue `<queue>.dead-letter`; both are declared.
-    /// Example: `dead_letter_exchange = "switchyard.dead-letter"` (the default).
-    #[serde(default = "default_dead_letter_exchange")]
-    pub dead_letter_exchange: String,
-}
-
-/// An exchange to declare.
-#[derive(Debug, Clone, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct AmqpExchange {
-    /// The exchange's name. Example: `name = "events"`.
-    pub name: String,
-    /// `direct`, `fanout`, `topic` or `headers`. Example: `kind = "topic"` (the default).
-    #[serde(default = "default_exchange_kind")]
-    pub kind: String,
-}
-
-/// A binding to declare.
-#[derive(Debug, Clone, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct AmqpBinding {
-    /// The exchange. Example: `exchange = "events"`.
-    pub exchange: String,
-    /// The queue. Example: `queue = "orders"`.
-    pub queue: String,
-    /// The binding key. Example: `routing_key = "order.*"`; default `#`.
-    #[serde(default = "default_routing_key")]
-    pub routing_key: String,
-}
-
-fn default_dead_letter_exchange() -> String {
-    "switchyard.dead-letter".into()
-}
-fn default_exchange_kind() -> String {
-    "topic".into()
-}
-fn default_routing_key() -> String {
-    "#".into()
-}
-
-/// The queue that holds a queue's dead letters.
-pub fn dead_letter_queue(queue: &str) -> String {
-    format!("{queue}.dead-letter")
-}
+use super::backoff::Backoff;
+use crate::config::AmqpConfig;
+use crate::contract::bindings::Message;
+use crate::contract::bindings::publish::Outgoing;
+use crate::contract::errors::BackendError;
+use crate::contract::headers;
+use crate::contract::publish::Publisher;
+use crate::contract::source::{Delivery, Settle, Settlement, Source, SourceError};
+use crate::contract::util::{now_ms, redact};
 
 /// The source and publisher for one `amqp` source config.
 pub fn build(name: &str, config: &AmqpConfig, concurrency: usize) -> (Box<dyn Source>, Arc<dyn Publisher>) {
@@ -179,7 +112,7 @@ impl AmqpSource {
             .await
             .map_err(|e| failed(&format!("cannot declare dead-letter exchange {dlx:?}"), e))?;
         for queue in &self.config.queues {
-            let dlq = dead_letter_queue(queue);
+            let dlq = AmqpConfig::dead_letter_queue(queue);
             channel
                 .queue_declare(dlq.as_str().into(), durable_queue(), FieldTable::default())
                 .await
@@ -320,7 +253,7 @@ impl AmqpSource {
     fn message(&self, queue: &str, d: &lapin::message::Delivery) -> Message {
         let headers = d.properties.headers().as_ref().map(headers_of).unwrap_or_default();
         let find = |name: &str| headers.iter().find(|(k, _)| k == name).map(|(_, v)| v.clone());
-        let attempt = find(ATTEMPT_HEADER)
+        let attempt = find(headers::ATTEMPT)
             .and_then(|a| a.parse().ok())
             // Quorum queues count deliveries themselves.
             .or_else(|| find("x-delivery-count").and_then(|c| c.parse::<u32>().ok()).map(|c| c.saturating_add(1)))
@@ -330,13 +263,13 @@ impl AmqpSource {
             .message_id()
             .as_ref()
             .map(|i| i.to_string())
-            .or_else(|| find(ID_HEADER))
+            .or_else(|| find(headers::ID))
             .unwrap_or_else(|| format!("{queue}:{}", d.delivery_tag));
         Message {
             id,
             source: self.name.clone(),
             topic: queue.to_string(),
-            key: find(KEY_HEADER),
+            key: find(headers::KEY),
             headers,
             payload: d.data.clone(),
             attempt,
@@ -517,7 +450,7 @@ impl Settle for AmqpSettle {
                     .await
                     .map_err(|e| self.error(message, format!("cannot declare retry queue {retry_queue:?}: {e}")))?;
                 let next = (message.attempt + 1).to_string();
-                self.move_to(message, "", &retry_queue, vec![(ATTEMPT_HEADER.into(), next)]).await
+                self.move_to(message, "", &retry_queue, vec![(headers::ATTEMPT.into(), next)]).await
             }
             Settlement::DeadLetter { headers, .. } => {
                 let dlx = self.link.dlx.clone();
@@ -587,7 +520,7 @@ impl Publisher for AmqpPublisher {
                 headers.insert(ShortString::from(k.as_str()), AMQPValue::LongString(LongString::from(v.as_str())));
             }
             if let Some(key) = &m.key {
-                headers.insert(KEY_HEADER.into(), AMQPValue::LongString(key.as_str().into()));
+                headers.insert(headers::KEY.into(), AMQPValue::LongString(key.as_str().into()));
             }
             let id = format!("{}-{run}-{}-{}", self.name, now_ms(), self.next_id.fetch_add(1, Ordering::Relaxed));
             let properties = BasicProperties::default()

@@ -9,8 +9,8 @@ use std::sync::Mutex;
 use base64::Engine as _;
 use serde::{Deserialize, Serialize};
 
-use super::SourceError;
-use crate::runtime::bindings::Message;
+use crate::contract::bindings::Message;
+use crate::contract::source::SourceError;
 
 /// One line of a message file: what the `file` source reads and what dead
 /// letters are written as.

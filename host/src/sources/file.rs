@@ -15,8 +15,9 @@ use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
 use super::dead_letter::{DeadLetterFile, MessageLine};
-use super::{Delivery, Settle, Settlement, Source, SourceError};
-use crate::runtime::bindings::Message;
+use crate::contract::bindings::Message;
+use crate::contract::headers;
+use crate::contract::source::{Delivery, Settle, Settlement, Source, SourceError};
 
 /// How often the checkpoint is written while lines are being settled.
 const CHECKPOINT_EVERY: Duration = Duration::from_millis(200);
@@ -216,7 +217,7 @@ impl Source for FileSource {
                 }
                 Err(reason) => {
                     tracing::warn!(source = %self.name, file = %self.path.display(), line = number, %reason, "dead-lettering malformed line");
-                    let headers = vec![("switchyard-dead-letter-reason".to_string(), reason)];
+                    let headers = vec![(headers::DEAD_LETTER_REASON.to_string(), reason)];
                     self.dead_letter.append(&unparsed(&self.name, number, &line), &headers).await?;
                     checkpoint.done(number);
                 }

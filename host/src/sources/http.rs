@@ -22,8 +22,8 @@ use tokio::sync::{mpsc, oneshot};
 use tokio_util::sync::CancellationToken;
 
 use super::dead_letter::DeadLetterFile;
-use super::{Delivery, Settle, Settlement, Source, SourceError};
-use crate::runtime::bindings::Message;
+use crate::contract::bindings::Message;
+use crate::contract::source::{Delivery, Settle, Settlement, Source, SourceError};
 
 /// Bodies larger than this are refused with 413 before they reach a route.
 const MAX_BODY: usize = 64 << 20;

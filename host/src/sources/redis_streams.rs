@@ -21,62 +21,21 @@ use redis::aio::{ConnectionManager, ConnectionManagerConfig};
 use redis::streams::{
     StreamAutoClaimOptions, StreamAutoClaimReply, StreamId, StreamPendingCountReply, StreamReadOptions, StreamReadReply,
 };
-use serde::Deserialize;
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
-use super::{Backoff, Delivery, KEY_HEADER, Settle, Settlement, Source, SourceError, redact};
-use crate::capabilities::BackendError;
-use crate::capabilities::publish::Publisher;
-use crate::runtime::bindings::Message;
-use crate::runtime::bindings::publish::Outgoing;
+use super::backoff::Backoff;
+use crate::config::RedisStreamsConfig;
+use crate::contract::bindings::Message;
+use crate::contract::bindings::publish::Outgoing;
+use crate::contract::errors::BackendError;
+use crate::contract::headers;
+use crate::contract::publish::Publisher;
+use crate::contract::source::{Delivery, Settle, Settlement, Source, SourceError};
+use crate::contract::util::redact;
 
 /// How long one `XREADGROUP` blocks waiting for entries.
 const BLOCK: Duration = Duration::from_millis(1000);
-
-/// A Redis Streams source.
-#[derive(Debug, Clone, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct RedisStreamsConfig {
-    /// The server. Example: `url = "redis://127.0.0.1:6379"`.
-    pub url: String,
-    /// Streams to read; each is created with the group if missing. An
-    /// entry's topic is its stream's name. Example: `streams = ["orders"]`.
-    pub streams: Vec<String>,
-    /// The consumer group. Example: `group = "switchyard"` (the default).
-    #[serde(default = "default_group")]
-    pub group: String,
-    /// This host's consumer name in the group; it must differ between hosts.
-    /// Entries it left pending are read again when it starts. Example:
-    /// `consumer = "host-1"`; default `<hostname>-<pid>`.
-    #[serde(default)]
-    pub consumer: Option<String>,
-    /// Entries pending on another consumer for this long are taken over,
-    /// in milliseconds. It must exceed the longest handling, retries
-    /// included. Example: `claim_idle_ms = 60000` (the default).
-    #[serde(default = "default_claim_idle_ms")]
-    pub claim_idle_ms: u64,
-    /// Where dead letters are added, with the reason fields. Example:
-    /// `dead_letter_stream = "orders.dead-letter"`; default `<stream>.dead-letter`.
-    #[serde(default)]
-    pub dead_letter_stream: Option<String>,
-    /// Entries read at once. Default: twice the sum of the routes'
-    /// concurrency. Example: `batch = 64`.
-    #[serde(default)]
-    pub batch: Option<usize>,
-}
-
-fn default_group() -> String {
-    "switchyard".into()
-}
-fn default_claim_idle_ms() -> u64 {
-    60_000
-}
-
-/// The dead-letter stream of `stream` when none is configured.
-pub fn dead_letter_stream(stream: &str) -> String {
-    format!("{stream}.dead-letter")
-}
 
 /// The source and publisher for one `redis` source config.
 pub fn build(name: &str, config: &RedisStreamsConfig, concurrency: usize) -> (Box<dyn Source>, Arc<dyn Publisher>) {
@@ -130,7 +89,7 @@ impl RedisStreamsSource {
     pub const TYPE: &'static str = "redis";
 
     fn dead_letter(&self, stream: &str) -> String {
-        self.config.dead_letter_stream.clone().unwrap_or_else(|| dead_letter_stream(stream))
+        self.config.dead_letter(stream)
     }
 
     async fn create_groups(&self, conn: &mut ConnectionManager) -> Result<(), String> {
@@ -372,8 +331,8 @@ impl Settle for RedisSettle {
                 for (k, v) in message.headers.iter().chain(headers.iter()) {
                     fields.push((k.clone(), v.clone().into_bytes()));
                 }
-                fields.push(("switchyard-stream".into(), message.topic.clone().into_bytes()));
-                fields.push(("switchyard-entry-id".into(), message.id.clone().into_bytes()));
+                fields.push((headers::STREAM.into(), message.topic.clone().into_bytes()));
+                fields.push((headers::ENTRY_ID.into(), message.id.clone().into_bytes()));
                 let mut pipe = redis::pipe();
                 pipe.atomic()
                     .xadd(&self.dead_letter, "*", &fields)
@@ -413,7 +372,7 @@ impl Publisher for RedisPublisher {
                 fields.push(("key".into(), key.clone().into_bytes()));
             }
             for (k, v) in &m.headers {
-                if k != "payload" && k != "key" && k != KEY_HEADER {
+                if k != "payload" && k != "key" && k != headers::KEY {
                     fields.push((k.clone(), v.clone().into_bytes()));
                 }
             }

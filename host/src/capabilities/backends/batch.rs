@@ -10,7 +10,7 @@ use std::future::Future;
 
 use tokio::sync::{mpsc, oneshot};
 
-use super::BackendError;
+use crate::contract::errors::BackendError;
 
 type Request<Op, Out> = (Op, oneshot::Sender<Result<Out, BackendError>>);
 

@@ -18,10 +18,10 @@ use ::elasticsearch::{BulkParts, Elasticsearch, SearchParts};
 use async_trait::async_trait;
 use serde_json::{Map, Value as Json, json};
 
-use super::BackendError;
 use super::batch::Batcher;
-use crate::capabilities::search::SearchBackend;
-use crate::runtime::bindings::search::Hit;
+use crate::contract::bindings::search::Hit;
+use crate::contract::errors::BackendError;
+use crate::contract::search::SearchBackend;
 
 /// A `_bulk` body grows to about this many bytes before the batch is split
 /// into another request, well under the servers' default 100 MB limit.

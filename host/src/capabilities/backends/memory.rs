@@ -8,8 +8,8 @@ use std::time::{Duration, Instant};
 
 use async_trait::async_trait;
 
-use super::BackendError;
-use crate::capabilities::cache::CacheBackend;
+use crate::contract::cache::CacheBackend;
+use crate::contract::errors::BackendError;
 
 const SHARDS: usize = 16;
 

@@ -18,9 +18,9 @@ use ::redis::aio::{ConnectionManager, ConnectionManagerConfig};
 use ::redis::{Cmd, ErrorKind, RedisError, RedisResult, ServerErrorKind};
 use async_trait::async_trait;
 
-use super::BackendError;
 use super::batch::Batcher;
-use crate::capabilities::cache::CacheBackend;
+use crate::contract::cache::CacheBackend;
+use crate::contract::errors::BackendError;
 
 /// Whether the server answers, for logging the change once.
 struct Health {

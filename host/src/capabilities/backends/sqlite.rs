@@ -15,10 +15,10 @@ use sqlx::sqlite::{
 };
 use sqlx::{Column, Row, TypeInfo, ValueRef};
 
-use super::BackendError;
 use super::batch::Batcher;
-use crate::capabilities::db::{DbBackend, SqlDialect};
-use crate::runtime::bindings::db::{RowSet, Value};
+use crate::contract::bindings::db::{RowSet, Value};
+use crate::contract::db::{DbBackend, SqlDialect};
+use crate::contract::errors::BackendError;
 
 type Statement = (String, Vec<Value>);
 

@@ -17,10 +17,10 @@ use tantivy::query::QueryParser;
 use tantivy::schema::{Field, JsonObjectOptions, STORED, STRING, Schema, TEXT, Value as _};
 use tantivy::{Index, IndexReader, IndexWriter, ReloadPolicy, TantivyDocument, Term};
 
-use super::BackendError;
 use super::batch::Batcher;
-use crate::capabilities::search::SearchBackend;
-use crate::runtime::bindings::search::Hit;
+use crate::contract::bindings::search::Hit;
+use crate::contract::errors::BackendError;
+use crate::contract::search::SearchBackend;
 
 /// Memory for each index writer's buffer.
 const WRITER_BYTES: usize = 32 << 20;

@@ -1,0 +1,7 @@
+//! The SQL server backends: one implementation for PostgreSQL and for MySQL
+//! and MariaDB, and a dialect file for each.
+
+pub mod mysql;
+pub mod plan;
+pub mod postgres;
+pub mod server;

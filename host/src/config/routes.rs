@@ -1,0 +1,58 @@
+//! Routes: which messages go to which handler, and how failures are treated.
+
+use serde::Deserialize;
+
+use super::defaults;
+use super::tenants::Limits;
+
+/// A route: which messages go to which handler, and how failures are treated.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RouteConfig {
+    /// The source name, or `local` for messages handlers publish.
+    /// Example: `source = "samples"`.
+    pub source: String,
+    /// The topic pattern: exact, or ending in `*` to match any suffix, or `*`
+    /// for every topic. Example: `topic = "product.*"`.
+    pub topic: String,
+    /// The tenant that owns the handler. Example: `tenant = "shop"`.
+    pub tenant: String,
+    /// The handler, by its name in the tenant. Example: `handler = "cache-update"`.
+    pub handler: String,
+    /// How many messages of this route run at once. Example: `concurrency = 16` (the default).
+    #[serde(default = "defaults::concurrency")]
+    pub concurrency: usize,
+    /// Keep messages with the same key in order, one at a time. Messages
+    /// without a key are not ordered. Default true.
+    #[serde(default = "defaults::yes")]
+    pub ordered: bool,
+    /// Deliveries before a failing message is dead-lettered. Example:
+    /// `max_attempts = 5` (the default).
+    #[serde(default = "defaults::max_attempts")]
+    pub max_attempts: u32,
+    /// The first retry delay in milliseconds; each later retry doubles it, up
+    /// to `retry_max_ms`. A handler's own requested delay is used when longer.
+    /// Example: `retry_base_ms = 100` (the default).
+    #[serde(default = "defaults::retry_base_ms")]
+    pub retry_base_ms: u64,
+    /// The longest retry delay in milliseconds. Example: `retry_max_ms = 60000` (the default).
+    #[serde(default = "defaults::retry_max_ms")]
+    pub retry_max_ms: u64,
+    /// Messages larger than this many bytes are dead-lettered without running
+    /// the handler. Example: `max_message_bytes = 1048576` (the default).
+    #[serde(default = "defaults::max_message_bytes")]
+    pub max_message_bytes: usize,
+    /// Limits for this route's invocations, replacing the handler's own.
+    /// Example: `limits = { memory_mib = 16, timeout_ms = 200 }`.
+    #[serde(default)]
+    pub limits: Option<Limits>,
+    /// Run each invocation's db writes in one SQL transaction that also
+    /// records the message in the `switchyard_inbox` table and what the
+    /// handler published in `switchyard_outbox`; a relay publishes the outbox
+    /// after commit. A redelivered message that already committed is acked
+    /// without running again, so its effects apply exactly once. Needs the
+    /// `postgres` or `mysql` db backend. Example: `transactional = true`
+    /// (default false).
+    #[serde(default)]
+    pub transactional: bool,
+}

@@ -1,0 +1,7 @@
+//! The `nats` and `jetstream` sources and their publisher, through async-nats.
+
+mod client;
+pub mod core;
+pub mod jetstream;
+mod publisher;
+pub mod puller;

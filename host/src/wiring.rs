@@ -1,0 +1,309 @@
+//! The top floor: builds a [`Host`] from a [`Config`]. Every `match` on a
+//! config `type` lives here (backends, sources, their publishers and
+//! dead-letter files), so adding a broker or a backend touches its own file,
+//! its config variant and one arm below.
+
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::sync::atomic::AtomicBool;
+use std::time::Duration;
+
+use tokio_util::sync::CancellationToken;
+
+use crate::admin::api::Admin;
+use crate::admin::watch;
+use crate::capabilities::backends::elasticsearch::{ElasticsearchOptions, ElasticsearchSearch};
+use crate::capabilities::backends::memory::MemoryCache;
+use crate::capabilities::backends::redis::RedisCache;
+use crate::capabilities::backends::sql::mysql::MySql;
+use crate::capabilities::backends::sql::postgres::Postgres;
+use crate::capabilities::backends::sql::server::SqlServer;
+use crate::capabilities::backends::sqlite::SqliteDb;
+use crate::capabilities::backends::tantivy::TantivySearch;
+use crate::capabilities::context::{Backends, Capabilities};
+use crate::config::{
+    AdminConfig, CacheBackendConfig, Config, ConfigError, DbBackendConfig, FileConfig, HttpConfig, SearchBackendConfig,
+    SourceConfig,
+};
+use crate::contract::cache::CacheBackend;
+use crate::contract::db::DbBackend;
+use crate::contract::errors::BackendError;
+use crate::contract::publish::Publisher;
+use crate::contract::search::SearchBackend;
+use crate::contract::source::Source;
+use crate::dispatch::dispatcher::Dispatcher;
+use crate::dispatch::loopback::{self, LOCAL, LocalSource};
+use crate::dispatch::outbound::PublishRouter;
+use crate::dispatch::quota::TenantQuota;
+use crate::dispatch::relay::Relay;
+use crate::dispatch::route::Route;
+use crate::dispatch::stats::{Progress, Snapshot, Stats};
+use crate::runtime::registry::{DeployError, Registry};
+use crate::runtime::{InvokeContext, Runtime, RuntimeError, RuntimeOptions};
+use crate::sources::dead_letter::DeadLetterFile;
+use crate::sources::file::FileSource;
+use crate::sources::http::HttpSource;
+use crate::sources::{amqp, kafka, nats, redis_streams};
+
+/// The host could not be built from its config.
+#[derive(Debug, thiserror::Error)]
+pub enum HostError {
+    /// The config is wrong.
+    #[error(transparent)]
+    Config(#[from] ConfigError),
+    /// The engine could not be set up.
+    #[error(transparent)]
+    Runtime(#[from] RuntimeError),
+    /// A handler could not be loaded.
+    #[error(transparent)]
+    Handler(#[from] DeployError),
+    /// A backend could not be opened.
+    #[error("cannot open the {capability} backend: {error}")]
+    Backend {
+        /// Which capability.
+        capability: &'static str,
+        /// Why.
+        error: BackendError,
+    },
+}
+
+/// Engine settings that fit every handler in `config`.
+pub fn runtime_options(config: &Config) -> RuntimeOptions {
+    let limits: Vec<_> = config
+        .tenants
+        .values()
+        .flat_map(|t| t.handlers.values().map(|h| h.limits))
+        .chain(config.routes.iter().filter_map(|r| r.limits))
+        .collect();
+    RuntimeOptions {
+        cache_dir: Some(config.data_dir.join("compiled")),
+        max_memory_mib: limits.iter().map(|l| l.memory_mib).max().unwrap_or(64),
+        fuel: limits.iter().any(|l| l.fuel.is_some()),
+        ..RuntimeOptions::default()
+    }
+}
+
+/// Load every handler in the config as its first version.
+pub fn load_handlers(config: &Config, runtime: &Arc<Runtime>) -> Result<Arc<Registry>, HostError> {
+    Ok(Arc::new(Registry::load(config, runtime.clone())?))
+}
+
+/// The backends named in the config, opened and ready.
+pub async fn open_backends(config: &Config) -> Result<Backends, HostError> {
+    let failed = |capability| move |error| HostError::Backend { capability, error };
+    let cache: Arc<dyn CacheBackend> = match &config.backends.cache {
+        CacheBackendConfig::Memory { max_entries } => Arc::new(MemoryCache::new(*max_entries)),
+        CacheBackendConfig::Redis { url, key_prefix, timeout_ms } => Arc::new(
+            RedisCache::open(url, key_prefix, Duration::from_millis(*timeout_ms)).await.map_err(failed("cache"))?,
+        ),
+    };
+    let db: Arc<dyn DbBackend> = match &config.backends.db {
+        DbBackendConfig::Sqlite { path, init } => {
+            let path = path.clone().unwrap_or_else(|| config.data_dir.join("switchyard.db"));
+            Arc::new(SqliteDb::open(&path, init).await.map_err(failed("db"))?)
+        }
+        DbBackendConfig::Postgres(server) => Arc::new(SqlServer::<Postgres>::open(server).await.map_err(failed("db"))?),
+        DbBackendConfig::Mysql(server) => Arc::new(SqlServer::<MySql>::open(server).await.map_err(failed("db"))?),
+    };
+    let search = open_search(config).map_err(failed("search"))?;
+    Ok(Backends { cache, db, search })
+}
+
+/// The search backend named in the config, alone.
+pub fn open_search(config: &Config) -> Result<Arc<dyn SearchBackend>, BackendError> {
+    Ok(match &config.backends.search {
+        SearchBackendConfig::Tantivy { path } => {
+            let path = path.clone().unwrap_or_else(|| config.data_dir.join("search"));
+            Arc::new(TantivySearch::open(&path)?)
+        }
+        SearchBackendConfig::Elasticsearch { url, username, password, refresh, timeout_ms, max_batch } => {
+            Arc::new(ElasticsearchSearch::open(&ElasticsearchOptions {
+                url: url.clone(),
+                credentials: username.clone().map(|user| (user, password.clone().unwrap_or_default())),
+                refresh: *refresh,
+                timeout: Duration::from_millis(*timeout_ms),
+                max_batch: *max_batch,
+            })?)
+        }
+    })
+}
+
+/// The dead-letter file of an embedded source (and of the loopback).
+pub fn dead_letter_path(config: &Config, source: &str) -> PathBuf {
+    let configured = match config.sources.get(source) {
+        Some(
+            SourceConfig::File(FileConfig { dead_letter, .. }) | SourceConfig::Http(HttpConfig { dead_letter, .. }),
+        ) => dead_letter.clone(),
+        _ => None,
+    };
+    configured.unwrap_or_else(|| config.data_dir.join("dead-letter").join(format!("{source}.jsonl")))
+}
+
+/// A source, and the publisher that sends to its broker if it has one.
+type Built = (Box<dyn Source>, Option<Arc<dyn Publisher>>);
+
+/// The source named `name`, and the publisher that sends to its broker, if
+/// it has one. `concurrency` is the sum of the concurrency of the routes
+/// reading from it, which sizes the broker's own flow control (prefetch,
+/// pull batch).
+fn source(
+    config: &Config,
+    name: &str,
+    source: &SourceConfig,
+    concurrency: usize,
+) -> Result<Built, HostError> {
+    let broker = |(source, publisher): (Box<dyn Source>, Arc<dyn Publisher>)| Ok((source, Some(publisher)));
+    let dead_letter = || Arc::new(DeadLetterFile::new(name, &dead_letter_path(config, name)));
+    match source {
+        SourceConfig::File(file) => {
+            Ok((Box::new(FileSource::new(name, &file.path, file.replay, file.follow, dead_letter())), None))
+        }
+        SourceConfig::Http(http) => {
+            // `Config::validate` checked that it parses.
+            let addr = http.listen.parse().map_err(|e| ConfigError::Invalid {
+                path: Default::default(),
+                field: format!("sources.{name}.listen"),
+                message: format!("{e}"),
+            })?;
+            Ok((Box::new(HttpSource::new(name, addr, dead_letter())), None))
+        }
+        SourceConfig::Amqp(c) => broker(amqp::build(name, c, concurrency)),
+        SourceConfig::Nats(c) => broker(nats::core::build(name, c)),
+        SourceConfig::JetStream(c) => broker(nats::jetstream::build(name, c, concurrency)),
+        SourceConfig::Redis(c) => broker(redis_streams::build(name, c, concurrency)),
+        SourceConfig::Kafka(c) => broker(kafka::source::build(name, c, concurrency)),
+    }
+}
+
+/// A configured host: its dispatcher, sources and registry, ready to run.
+pub struct Host {
+    dispatcher: Dispatcher,
+    sources: Vec<(String, Box<dyn Source>)>,
+    local: LocalSource,
+    registry: Arc<Registry>,
+    stats: Arc<Stats>,
+    admin: Option<AdminConfig>,
+    progress: bool,
+}
+
+impl Host {
+    /// Build the host: open the backends, load the handlers, set up routes
+    /// and sources. Fails with an error naming the part that is wrong.
+    pub async fn build(config: &Config) -> Result<Self, HostError> {
+        let runtime = Arc::new(Runtime::new(runtime_options(config))?);
+        let registry = load_handlers(config, &runtime)?;
+        let backends = Arc::new(open_backends(config).await?);
+        Self::assemble(config, registry, backends)
+    }
+
+    /// Build the host from parts already made; tests use this to share a runtime.
+    pub fn assemble(config: &Config, registry: Arc<Registry>, backends: Arc<Backends>) -> Result<Self, HostError> {
+        let stats = Arc::new(Stats::default());
+        let local_dead_letter = Arc::new(DeadLetterFile::new(LOCAL, &dead_letter_path(config, LOCAL)));
+        let (local_publisher, local) = loopback::loopback(local_dead_letter, stats.clone());
+        let quotas: BTreeMap<&String, Arc<TenantQuota>> =
+            config.tenants.iter().map(|(name, t)| (name, Arc::new(TenantQuota::new(&t.quotas)))).collect();
+        let caps: BTreeMap<&String, Arc<Capabilities>> = config
+            .tenants
+            .iter()
+            .map(|(name, t)| (name, Arc::new(Capabilities { backends: backends.clone(), grants: t.grants.clone() })))
+            .collect();
+
+        let mut routes = Vec::new();
+        for route in &config.routes {
+            let (Some(slot), Some(tenant_caps), Some(quota), Some(tenant)) = (
+                registry.slot(&route.tenant, &route.handler),
+                caps.get(&route.tenant),
+                quotas.get(&route.tenant),
+                config.tenants.get(&route.tenant),
+            ) else {
+                continue; // `Config::validate` already refused dangling names.
+            };
+            let handler_limits = tenant.handlers.get(&route.handler).map(|h| h.limits).unwrap_or_default();
+            let invoke = InvokeContext {
+                caps: tenant_caps.clone(),
+                limits: tenant.quotas.cap(route.limits.unwrap_or(handler_limits)),
+                tenant: route.tenant.as_str().into(),
+                handler: route.handler.as_str().into(),
+                record_effects: false,
+            };
+            routes.push(Route::new(route, invoke, slot.clone(), quota.clone()));
+        }
+
+        let mut sources = Vec::new();
+        let mut publisher = PublishRouter::new(Arc::new(local_publisher));
+        for (name, config_source) in &config.sources {
+            let concurrency = config.routes.iter().filter(|r| &r.source == name).map(|r| r.concurrency).sum();
+            let (built, broker) = source(config, name, config_source, concurrency)?;
+            if let Some(broker) = broker {
+                publisher.add_broker(name, broker);
+            }
+            sources.push((name.clone(), built));
+        }
+
+        let relay = config.routes.iter().any(|r| r.transactional).then(|| Arc::new(Relay::new(backends.db.clone())));
+        let runtime = registry.runtime().clone();
+        let dispatcher = Dispatcher::new(runtime, routes, Arc::new(publisher), relay, stats.clone());
+        Ok(Self { dispatcher, sources, local, registry, stats, admin: config.admin.clone(), progress: false })
+    }
+
+    /// Print a progress line to stderr every second while running.
+    pub fn with_progress(mut self, on: bool) -> Self {
+        self.progress = on;
+        self
+    }
+
+    /// The host's counters, live.
+    pub fn stats(&self) -> Arc<Stats> {
+        self.stats.clone()
+    }
+
+    /// The plugin registry, for deploys.
+    pub fn registry(&self) -> Arc<Registry> {
+        self.registry.clone()
+    }
+
+    /// Run until every source has ended and every message is settled, or
+    /// until `shutdown` is cancelled. On shutdown, intake stops, messages
+    /// being handled finish and are settled, and the counters are returned.
+    pub async fn run(self, shutdown: CancellationToken) -> Snapshot {
+        let Host { dispatcher, sources, local, registry, stats, admin, progress } = self;
+        let ready = Arc::new(AtomicBool::new(false));
+        let admin_stop = CancellationToken::new();
+        if let Some(admin) = admin {
+            if let Some(listen) = admin.listen.as_deref().and_then(|l| l.parse().ok()) {
+                let server = Admin::new(registry.clone(), admin.token.clone(), ready.clone());
+                let stop = admin_stop.clone();
+                tokio::spawn(async move {
+                    if let Err(e) = server.serve(listen, stop).await {
+                        tracing::error!(%listen, error = %e, "admin API stopped");
+                    }
+                });
+            }
+            if let Some(dir) = admin.watch_dir {
+                tokio::spawn(watch::watch(registry.clone(), dir, admin_stop.clone()));
+            }
+        }
+        let started = std::time::Instant::now();
+        let printer = progress.then(|| {
+            let stats = stats.clone();
+            tokio::spawn(async move {
+                let mut progress = Progress::default();
+                let mut tick = tokio::time::interval(Duration::from_secs(1));
+                tick.tick().await;
+                loop {
+                    tick.tick().await;
+                    eprintln!("{}", progress.line(stats.snapshot()));
+                }
+            })
+        });
+        let summary = dispatcher.run(sources, local, shutdown, ready).await;
+        admin_stop.cancel();
+        if let Some(printer) = printer {
+            printer.abort();
+            eprintln!("{}", Progress::summary(started, summary));
+        }
+        summary
+    }
+}
