@@ -143,7 +143,7 @@ build() {
     quietly "$JS/componentize-js" plugins/cache-update-js/app.js -w wit -n handler -d http fetch-event -o $out
   fi
   out=plugins/dist/cache_update_c.wasm
-  if ! fresh $out wit/handler.wit plugins/cache-update-c/*.c; then
+  if ! fresh $out wit/handler.wit plugins/cache-update-c/*.c plugins/cache-update-c/*.h; then
     echo "== building $out"
     build_c plugins/cache-update-c $out
   fi

@@ -1,5 +1,8 @@
 // Keeps the cache consistent with product-change events; the JavaScript twin
-// of plugins/cache-update (same messages, same effects, same reasons).
+// of plugins/cache-update (same messages, same effects, same reasons). What a
+// valid product change is and the bytes stored are defined in
+// plugins/cache-update/SPEC.md; switchyard.js implements its reading and
+// encoding.
 //
 // Build (from the repo root, with the toolchain `plugins/languages.sh` installs):
 //   componentize-js plugins/cache-update-js/app.js -w wit -n handler -d http fetch-event -o plugins/dist/cache_update_js.wasm

@@ -1,5 +1,8 @@
 """Keeps the cache consistent with product-change events; the Python twin of
-plugins/cache-update (same messages, same effects, same reasons).
+plugins/cache-update (same messages, same effects, same reasons). What a
+valid product change is and the bytes stored are defined in
+plugins/cache-update/SPEC.md; switchyard_helpers.py implements its reading
+and encoding.
 
 Build (from the repo root, with the toolchain `plugins/languages.sh` installs):
     componentize-py -d wit -w handler componentize -p plugins/cache-update-py app -o plugins/dist/cache_update_py.wasm

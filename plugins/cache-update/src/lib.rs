@@ -1,19 +1,21 @@
 //! Keeps the cache consistent with product-change events.
 //!
 //! A `product.changed` message carries `{"id": "p1", "name": ..., "price": ...}`:
-//! the product is stored under `product:<id>` as compact JSON with its keys
-//! sorted (without `deleted`). With `"deleted": true` the entry is removed
+//! the product is stored under `product:<id>` in the canonical JSON encoding
+//! (RFC 8785), without `deleted`. With `"deleted": true` the entry is removed
 //! instead. Malformed input is rejected, so it is dead-lettered rather than
 //! retried; an unreachable cache is retried.
 //!
-//! The same handler exists in Python (`plugins/cache-update-py`), JavaScript
-//! (`plugins/cache-update-js`) and C (`plugins/cache-update-c`), with the same
-//! effects and reasons; `host/tests/languages.rs` holds them to that.
+//! What a valid product change is, the reason for each invalid one and the
+//! bytes stored are defined once, in `SPEC.md` beside this file. The same
+//! handler exists in Python (`plugins/cache-update-py`), JavaScript
+//! (`plugins/cache-update-js`) and C (`plugins/cache-update-c`), each
+//! implementing that file; `host/tests/languages.rs` holds them to it.
 //!
 //! Build: `cargo build --manifest-path plugins/Cargo.toml --target wasm32-wasip2 --release -p cache-update`
 
 use serde_json::Value;
-use switchyard_sdk::{Handler, HandlerError, Message, cache, reject, to_json};
+use switchyard_sdk::{Handler, HandlerError, Message, cache, reject, to_canonical_json};
 
 const WHAT: &str = "product change";
 
@@ -21,7 +23,7 @@ struct CacheUpdate;
 
 impl Handler for CacheUpdate {
     fn handle(msg: Message) -> Result<(), HandlerError> {
-        let Value::Object(mut change) = msg.json_of::<Value>(WHAT)? else {
+        let Value::Object(mut change) = msg.canonical_json(WHAT)? else {
             return Err(reject(format!("malformed {WHAT}: not a JSON object")));
         };
         let id = match change.get("id") {
@@ -37,7 +39,7 @@ impl Handler for CacheUpdate {
         if deleted {
             cache::delete(&key)?;
         } else {
-            cache::set(&key, &to_json(&change)?, None)?;
+            cache::set(&key, &to_canonical_json(&Value::Object(change))?, None)?;
         }
         Ok(())
     }
