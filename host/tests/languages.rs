@@ -10,18 +10,20 @@
 //! Needs `make plugins` (which runs `plugins/languages.sh`).
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)] // a failed assumption in a test is a failed test
 
-mod common;
+mod support;
 
 use std::collections::BTreeMap;
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 
-use switchyard::capabilities::cache::CacheBackend;
-use switchyard::capabilities::{BackendError, Backends, Capabilities, Effect, backends};
+use switchyard::capabilities::context::{Backends, Capabilities, Effect};
 use switchyard::config::{Config, Limits};
-use switchyard::runtime::bindings::Message;
+use switchyard::contract::bindings::Message;
+use switchyard::contract::cache::CacheBackend;
+use switchyard::contract::errors::BackendError;
 use switchyard::runtime::{InvokeContext, Outcome, Plugin, Runtime, RuntimeOptions};
+use switchyard::wiring;
 
 const LANGUAGES: [(&str, &str); 4] = [
     ("rust", "cache_update"),
@@ -375,13 +377,13 @@ fn runtime() -> Runtime {
 }
 
 fn load_all(runtime: &Runtime) -> Vec<(&'static str, Plugin)> {
-    LANGUAGES.iter().map(|(lang, file)| (*lang, runtime.load(&common::plugin(file)).unwrap())).collect()
+    LANGUAGES.iter().map(|(lang, file)| (*lang, runtime.load(&support::plugin(file)).unwrap())).collect()
 }
 
 async fn embedded_backends(dir: &std::path::Path) -> Arc<Backends> {
     let mut config = Config::parse(std::path::Path::new("<languages>"), "").unwrap();
     config.data_dir = dir.to_path_buf();
-    Arc::new(backends::open(&config).await.unwrap())
+    Arc::new(wiring::open_backends(&config).await.unwrap())
 }
 
 fn context(caps: Capabilities, lang: &str) -> InvokeContext {
