@@ -147,12 +147,7 @@ type Built = (Box<dyn Source>, Option<Arc<dyn Publisher>>);
 /// it has one. `concurrency` is the sum of the concurrency of the routes
 /// reading from it, which sizes the broker's own flow control (prefetch,
 /// pull batch).
-fn source(
-    config: &Config,
-    name: &str,
-    source: &SourceConfig,
-    concurrency: usize,
-) -> Result<Built, HostError> {
+fn source(config: &Config, name: &str, source: &SourceConfig, concurrency: usize) -> Result<Built, HostError> {
     let broker = |(source, publisher): (Box<dyn Source>, Arc<dyn Publisher>)| Ok((source, Some(publisher)));
     let dead_letter = || Arc::new(DeadLetterFile::new(name, &dead_letter_path(config, name)));
     match source {
