@@ -23,11 +23,11 @@ use crate::capabilities::backends::sqlite::SqliteDb;
 use crate::capabilities::backends::tantivy::TantivySearch;
 use crate::capabilities::context::{Backends, Capabilities};
 use crate::config::{
-    AdminConfig, CacheBackendConfig, Config, ConfigError, DbBackendConfig, FileConfig, HttpConfig, SearchBackendConfig,
-    SourceConfig,
+    AdminConfig, CacheBackendConfig, Config, ConfigError, DbBackendConfig, FileConfig, HttpConfig, Limits,
+    SearchBackendConfig, SourceConfig,
 };
 use crate::contract::cache::CacheBackend;
-use crate::contract::db::DbBackend;
+use crate::contract::db::{DbBackend, TenantAccess};
 use crate::contract::errors::BackendError;
 use crate::contract::publish::Publisher;
 use crate::contract::search::SearchBackend;
@@ -129,6 +129,32 @@ pub fn open_search(config: &Config) -> Result<Arc<dyn SearchBackend>, BackendErr
     })
 }
 
+/// The backends `tenant` reaches: the shared ones, with a database login of
+/// its own where the db backend can make one (see [`DbBackend::for_tenant`]).
+async fn tenant_backends(config: &Config, tenant: &str, shared: &Arc<Backends>) -> Result<Arc<Backends>, HostError> {
+    let Some(t) = config.tenants.get(tenant) else { return Ok(shared.clone()) };
+    let routes = config.routes.iter().filter(|r| r.tenant == tenant);
+    let longest = t
+        .handlers
+        .values()
+        .map(|h| h.limits)
+        .chain(routes.clone().filter_map(|r| r.limits))
+        .map(|l| t.quotas.cap(l).timeout_ms)
+        .max()
+        .unwrap_or(Limits::default().timeout_ms);
+    let access = TenantAccess {
+        tenant: tenant.to_string(),
+        tables: t.grants.db_tables.clone(),
+        statement_timeout: Duration::from_millis(longest),
+        transactional: routes.clone().any(|r| r.transactional),
+    };
+    match shared.db.for_tenant(&access).await {
+        Ok(Some(db)) => Ok(Arc::new(Backends { cache: shared.cache.clone(), db, search: shared.search.clone() })),
+        Ok(None) => Ok(shared.clone()),
+        Err(error) => Err(HostError::Backend { capability: "db", error }),
+    }
+}
+
 /// The dead-letter file of an embedded source (and of the loopback).
 pub fn dead_letter_path(config: &Config, source: &str) -> PathBuf {
     let configured = match config.sources.get(source) {
@@ -189,21 +215,25 @@ impl Host {
         let runtime = Arc::new(Runtime::new(runtime_options(config))?);
         let registry = load_handlers(config, &runtime)?;
         let backends = Arc::new(open_backends(config).await?);
-        Self::assemble(config, registry, backends)
+        Self::assemble(config, registry, backends).await
     }
 
     /// Build the host from parts already made; tests use this to share a runtime.
-    pub fn assemble(config: &Config, registry: Arc<Registry>, backends: Arc<Backends>) -> Result<Self, HostError> {
+    pub async fn assemble(
+        config: &Config,
+        registry: Arc<Registry>,
+        backends: Arc<Backends>,
+    ) -> Result<Self, HostError> {
         let stats = Arc::new(Stats::default());
         let local_dead_letter = Arc::new(DeadLetterFile::new(LOCAL, &dead_letter_path(config, LOCAL)));
         let (local_publisher, local) = loopback::loopback(local_dead_letter, stats.clone());
         let quotas: BTreeMap<&String, Arc<TenantQuota>> =
             config.tenants.iter().map(|(name, t)| (name, Arc::new(TenantQuota::new(&t.quotas)))).collect();
-        let caps: BTreeMap<&String, Arc<Capabilities>> = config
-            .tenants
-            .iter()
-            .map(|(name, t)| (name, Arc::new(Capabilities { backends: backends.clone(), grants: t.grants.clone() })))
-            .collect();
+        let mut caps: BTreeMap<&String, Arc<Capabilities>> = BTreeMap::new();
+        for (name, tenant) in &config.tenants {
+            let backends = tenant_backends(config, name, &backends).await?;
+            caps.insert(name, Arc::new(Capabilities { backends, grants: tenant.grants.clone() }));
+        }
 
         let mut routes = Vec::new();
         for route in &config.routes {
@@ -237,7 +267,15 @@ impl Host {
             sources.push((name.clone(), built));
         }
 
-        let relay = config.routes.iter().any(|r| r.transactional).then(|| Arc::new(Relay::new(backends.db.clone())));
+        // One outbox per database login that transactional routes commit through.
+        let mut outboxes: Vec<Arc<dyn DbBackend>> = Vec::new();
+        for route in config.routes.iter().filter(|r| r.transactional) {
+            let Some(db) = caps.get(&route.tenant).map(|c| &c.backends.db) else { continue };
+            if !outboxes.iter().any(|o| Arc::ptr_eq(o, db)) {
+                outboxes.push(db.clone());
+            }
+        }
+        let relay = (!outboxes.is_empty()).then(|| Arc::new(Relay::new(outboxes)));
         let runtime = registry.runtime().clone();
         let dispatcher = Dispatcher::new(runtime, routes, Arc::new(publisher), relay, stats.clone());
         Ok(Self { dispatcher, sources, local, registry, stats, admin: config.admin.clone(), progress: false })

@@ -21,7 +21,7 @@ fn url() -> String {
 }
 
 fn options() -> SqlServerConfig {
-    SqlServerConfig { url: url(), init: Vec::new(), max_connections: 4, max_batch: 1000, timeout_ms: 5000 }
+    SqlServerConfig { max_connections: 4, ..SqlServerConfig::new(url()) }
 }
 
 struct My(MySqlPool);
@@ -104,6 +104,27 @@ async fn a_saga_survives_a_crash_at_each_step_with_effects_exactly_once() {
         text_type: "VARCHAR(64)",
         redis_db: 12,
         transactions: <MySql as Dialect>::TRANSACTIONS,
+        database: url().rsplit('/').next().unwrap().to_string(),
     };
     support::saga::crash_at_each_step(&db).await;
+}
+
+#[tokio::test]
+async fn each_tenant_runs_as_a_login_the_server_holds_to_its_grant() {
+    let db: Arc<dyn DbBackend> = Arc::new(SqlServer::<MySql>::open(&options()).await.unwrap());
+    let t = DbUnderTest {
+        backend_toml: format!("type = \"mysql\"\nurl = \"{}\"", url()),
+        db,
+        direct: Box::new(My(MySqlPool::connect(&url()).await.unwrap())),
+        types: ["BOOLEAN", "BIGINT", "DOUBLE", "TEXT", "BLOB", "JSON", "DATETIME(6)"],
+    };
+    let hostile = conformance::Hostile {
+        serial: "BIGINT AUTO_INCREMENT PRIMARY KEY",
+        whoami: "SELECT SUBSTRING_INDEX(CURRENT_USER(), '@', 1)",
+        read_file: "SELECT LOAD_FILE('/etc/hostname')",
+        sleep: "SELECT SLEEP(30)",
+        lift_limit: "SET SESSION max_statement_time = 0",
+        other_sequence: None,
+    };
+    conformance::tenant_logins(&t, &hostile, &conformance::unique("logins")).await;
 }

@@ -24,7 +24,7 @@ fn url() -> String {
 }
 
 fn options() -> SqlServerConfig {
-    SqlServerConfig { url: url(), init: Vec::new(), max_connections: 4, max_batch: 1000, timeout_ms: 5000 }
+    SqlServerConfig { max_connections: 4, ..SqlServerConfig::new(url()) }
 }
 
 struct Pg(PgPool);
@@ -168,13 +168,11 @@ async fn quickstart_handlers_run_against_postgres_and_redis() {
     let mut config = Config::load(&quickstart).unwrap();
     config.data_dir = dir.path().to_path_buf();
     config.backends.db = DbBackendConfig::Postgres(SqlServerConfig {
-        url: db_url.clone(),
         init: vec![
             "CREATE TABLE orders (id TEXT PRIMARY KEY, customer TEXT NOT NULL, total DOUBLE PRECISION NOT NULL)".into(),
         ],
         max_connections: 4,
-        max_batch: 1000,
-        timeout_ms: 5000,
+        ..SqlServerConfig::new(db_url.clone())
     });
     config.backends.cache = CacheBackendConfig::Redis {
         url: "redis://127.0.0.1:6379".into(),
@@ -218,6 +216,27 @@ async fn a_saga_survives_a_crash_at_each_step_with_effects_exactly_once() {
         text_type: "TEXT",
         redis_db: 9,
         transactions: <Postgres as Dialect>::TRANSACTIONS,
+        database: url().rsplit('/').next().unwrap().to_string(),
     };
     support::saga::crash_at_each_step(&db).await;
+}
+
+#[tokio::test]
+async fn each_tenant_runs_as_a_login_the_server_holds_to_its_grant() {
+    let db: Arc<dyn DbBackend> = Arc::new(SqlServer::<Postgres>::open(&options()).await.unwrap());
+    let t = DbUnderTest {
+        backend_toml: format!("type = \"postgres\"\nurl = \"{}\"", url()),
+        db,
+        direct: Box::new(Pg(PgPool::connect(&url()).await.unwrap())),
+        types: ["BOOLEAN", "BIGINT", "DOUBLE PRECISION", "TEXT", "BYTEA", "JSONB", "TIMESTAMPTZ"],
+    };
+    let hostile = conformance::Hostile {
+        serial: "BIGSERIAL PRIMARY KEY",
+        whoami: "SELECT current_user::text",
+        read_file: "SELECT pg_read_file('/etc/hostname')",
+        sleep: "SELECT pg_sleep(30)::text",
+        lift_limit: "SELECT set_config('statement_timeout', '0', false)",
+        other_sequence: Some("SELECT nextval('{table}_id_seq')"),
+    };
+    conformance::tenant_logins(&t, &hostile, &conformance::unique("logins")).await;
 }

@@ -110,7 +110,7 @@ pub async fn effects(options: &EffectsOptions) -> Result<Vec<Comparison>, Effect
 }
 
 fn server(url: &str) -> SqlServerConfig {
-    SqlServerConfig { url: url.to_string(), init: Vec::new(), max_connections: 8, max_batch: 1000, timeout_ms: 10_000 }
+    SqlServerConfig { timeout_ms: 10_000, ..SqlServerConfig::new(url) }
 }
 
 async fn redis_set(url: &str, options: &EffectsOptions, tag: &str) -> Result<Comparison, EffectsBenchError> {

@@ -3,7 +3,7 @@
 
 use std::ops::ControlFlow;
 
-use sqlparser::ast::{Expr, ObjectNamePart, Statement, visit_expressions, visit_relations};
+use sqlparser::ast::{Expr, ObjectName, ObjectNamePart, Query, SetExpr, Statement, TableFactor, Visit, Visitor};
 use sqlparser::dialect::{Dialect, MySqlDialect, PostgreSqlDialect, SQLiteDialect};
 use sqlparser::parser::Parser;
 
@@ -26,23 +26,36 @@ impl CapabilityCtx {
 }
 
 /// Refuse a statement that is not a single query, insert, update or delete,
-/// that names a table outside `granted`, or that calls a function able to
-/// reach past the grants (`set_config` changing the `search_path`,
-/// `query_to_xml` running SQL from a string, `pg_*`, `dblink`, `lo_*`,
-/// `load_file`). `"*"` grants everything; an entry `schema.*` grants every
-/// table of that schema, named with its schema: an unqualified name never
-/// matches a schema grant, so the server's `search_path` cannot widen one.
+/// that names a table outside `granted` or one of the host's own
+/// (`switchyard_*`), or that uses a form the check cannot follow: a table
+/// function or a set-returning function in `FROM`, PostgreSQL's `TABLE x`,
+/// `SELECT ... INTO`, MySQL's executable comments (`/*! ... */`), Unicode-
+/// escaped names (`U&"..."`), or a function able to reach past the grants or
+/// hold a connection (`set_config`, `query_to_xml`, `pg_*`, `dblink`, `lo_*`,
+/// `load_file`, `sleep`, `benchmark`, `get_lock`). `"*"` grants every table;
+/// an entry `schema.*` grants every table of that schema, named with its
+/// schema: an unqualified name never matches a schema grant, so the server's
+/// `search_path` cannot widen one. No tables granted refuses every statement.
+///
+/// On PostgreSQL and MySQL this check is the second line: each tenant runs as
+/// a login the server itself holds to these tables (`sql/logins.rs`).
 pub(crate) fn check_tables(granted: &[String], dialect: SqlDialect, sql: &str) -> Result<(), CapabilityFailure> {
-    if granted.iter().any(|t| t == "*") {
-        return Ok(());
+    if granted.is_empty() {
+        return Err(CapabilityFailure::Denied("no tables are granted to this tenant".into()));
     }
-    let dialect_is_postgres = dialect == SqlDialect::Postgres;
-    let dialect: &dyn Dialect = match dialect {
+    let folded = sql.to_ascii_lowercase();
+    if dialect == SqlDialect::MySql && (folded.contains("/*!") || folded.contains("/*m!")) {
+        return Err(CapabilityFailure::Denied("executable comments (/*! ... */) are not granted".into()));
+    }
+    if folded.replace(char::is_whitespace, "").contains("u&") && dialect == SqlDialect::Postgres {
+        return Err(CapabilityFailure::Denied("Unicode-escaped names and strings (U&) are not granted".into()));
+    }
+    let parser: &dyn Dialect = match dialect {
         SqlDialect::Sqlite => &SQLiteDialect {},
         SqlDialect::Postgres => &PostgreSqlDialect {},
         SqlDialect::MySql => &MySqlDialect {},
     };
-    let statements = Parser::parse_sql(dialect, sql)
+    let statements = Parser::parse_sql(parser, sql)
         .map_err(|e| CapabilityFailure::Invalid(format!("cannot parse SQL to check its tables: {e}")))?;
     let [statement] = statements.as_slice() else {
         return Err(CapabilityFailure::Invalid(format!("one statement per call, found {}", statements.len())));
@@ -55,71 +68,121 @@ pub(crate) fn check_tables(granted: &[String], dialect: SqlDialect, sql: &str) -
             "only SELECT, INSERT, UPDATE and DELETE are granted to this tenant".into(),
         ));
     }
-    if let Some(function) = escaping_function(statement) {
-        return Err(CapabilityFailure::Denied(format!("function {function:?} is not granted to this tenant")));
-    }
-    let mut refused = None;
-    let _ = visit_relations(statement, |name| {
-        let parts: Vec<String> = name
-            .0
-            .iter()
-            .map(|p| match p {
-                // PostgreSQL folds unquoted names to lower case and keeps
-                // quoted ones as written: "Orders" is another table.
-                ObjectNamePart::Identifier(ident) if ident.quote_style.is_some() && dialect_is_postgres => {
-                    ident.value.clone()
-                }
-                ObjectNamePart::Identifier(ident) => ident.value.to_lowercase(),
-                other => other.to_string().to_lowercase(),
-            })
-            .collect();
-        let full = parts.join(".");
-        let allowed = granted.iter().any(|g| {
-            let g = g.to_lowercase();
-            let g: Vec<&str> = g.split('.').collect();
-            match g.as_slice() {
-                [schema, "*"] => parts.len() == 2 && parts[0] == *schema,
-                _ => g.len() == parts.len() && g.iter().zip(&parts).all(|(a, b)| a == b),
-            }
-        });
-        if allowed {
-            ControlFlow::Continue(())
-        } else {
-            refused = Some(full);
-            ControlFlow::Break(())
-        }
-    });
-    match refused {
-        Some(table) => {
-            Err(CapabilityFailure::Denied(format!("table {table:?} is outside the tenant's tables {granted:?}")))
-        }
-        None => Ok(()),
+    let mut check = Check { granted, dialect };
+    match statement.visit(&mut check) {
+        ControlFlow::Break(refusal) => Err(refusal),
+        ControlFlow::Continue(()) => Ok(()),
     }
 }
 
-/// The first function `statement` calls that could reach past table grants.
-fn escaping_function(statement: &Statement) -> Option<String> {
-    let mut found = None;
-    let _ = visit_expressions(statement, |expr| {
-        if let Expr::Function(f) = expr {
-            let name = f.name.0.last().map(|p| p.to_string().to_lowercase()).unwrap_or_default();
-            let name = name.trim_matches(['"', '`']).to_string();
-            let escapes = name.starts_with("pg_")
-                || name.starts_with("lo_")
-                || name.starts_with("dblink")
-                || name.ends_with("_to_xml")
-                || name.ends_with("_to_xmlschema")
-                || name.ends_with("_to_xml_and_xmlschema")
-                || ["set_config", "current_setting", "load_file", "sys_exec", "sys_eval", "copy"]
-                    .contains(&name.as_str());
-            if escapes {
-                found = Some(name);
-                return ControlFlow::Break(());
+/// Walks a statement, breaking with the first thing it refuses.
+struct Check<'a> {
+    granted: &'a [String],
+    dialect: SqlDialect,
+}
+
+impl Check<'_> {
+    /// The parts of a table name as the server resolves them: PostgreSQL
+    /// folds unquoted names to lower case and keeps quoted ones as written
+    /// ("Orders" is another table); MySQL compares names as written, as its
+    /// tables are files on a case-sensitive file system; SQLite ignores case.
+    fn parts(&self, name: &ObjectName) -> Vec<String> {
+        name.0
+            .iter()
+            .map(|p| match (p, self.dialect) {
+                (ObjectNamePart::Identifier(ident), SqlDialect::Postgres) if ident.quote_style.is_some() => {
+                    ident.value.clone()
+                }
+                (ObjectNamePart::Identifier(ident), SqlDialect::MySql) => ident.value.clone(),
+                (ObjectNamePart::Identifier(ident), _) => ident.value.to_lowercase(),
+                (other, _) => other.to_string(),
+            })
+            .collect()
+    }
+
+    fn granted(&self, parts: &[String]) -> bool {
+        let fold = |s: &str| if self.dialect == SqlDialect::MySql { s.to_string() } else { s.to_lowercase() };
+        self.granted.iter().any(|g| {
+            if g == "*" {
+                return true;
             }
+            let g: Vec<String> = g.split('.').map(fold).collect();
+            match g.as_slice() {
+                [schema, star] if star == "*" => parts.len() == 2 && parts[0] == *schema,
+                _ => g.len() == parts.len() && g.iter().zip(parts).all(|(a, b)| a == b),
+            }
+        })
+    }
+}
+
+impl Visitor for Check<'_> {
+    type Break = CapabilityFailure;
+
+    fn pre_visit_relation(&mut self, name: &ObjectName) -> ControlFlow<CapabilityFailure> {
+        let parts = self.parts(name);
+        let full = parts.join(".");
+        if parts.last().is_some_and(|t| t.to_lowercase().starts_with("switchyard_")) {
+            return ControlFlow::Break(CapabilityFailure::Denied(format!(
+                "table {full:?} is the host's own, not a tenant's"
+            )));
+        }
+        if !self.granted(&parts) {
+            return ControlFlow::Break(CapabilityFailure::Denied(format!(
+                "table {full:?} is outside the tenant's tables {:?}",
+                self.granted
+            )));
         }
         ControlFlow::Continue(())
-    });
-    found
+    }
+
+    fn pre_visit_table_factor(&mut self, factor: &TableFactor) -> ControlFlow<CapabilityFailure> {
+        match factor {
+            TableFactor::Table { args: None, .. } | TableFactor::Derived { .. } | TableFactor::NestedJoin { .. } => {
+                ControlFlow::Continue(())
+            }
+            other => ControlFlow::Break(CapabilityFailure::Denied(format!(
+                "only tables and subqueries are granted in FROM, not `{other}`"
+            ))),
+        }
+    }
+
+    fn pre_visit_query(&mut self, query: &Query) -> ControlFlow<CapabilityFailure> {
+        fn refused(body: &SetExpr) -> Option<&'static str> {
+            match body {
+                SetExpr::Table(_) => Some("`TABLE name` is not granted; write SELECT * FROM name"),
+                SetExpr::Select(select) if select.into.is_some() => Some("SELECT ... INTO is not granted"),
+                SetExpr::SetOperation { left, right, .. } => refused(left).or_else(|| refused(right)),
+                _ => None,
+            }
+        }
+        match refused(&query.body) {
+            Some(reason) => ControlFlow::Break(CapabilityFailure::Denied(reason.into())),
+            None => ControlFlow::Continue(()),
+        }
+    }
+
+    fn pre_visit_expr(&mut self, expr: &Expr) -> ControlFlow<CapabilityFailure> {
+        if let Expr::Function(f) = expr
+            && let Some(name) = escaping_function(&f.name)
+        {
+            return ControlFlow::Break(CapabilityFailure::Denied(format!(
+                "function {name:?} is not granted to this tenant"
+            )));
+        }
+        ControlFlow::Continue(())
+    }
+}
+
+/// The function's name, if it could reach past table grants or hold a
+/// pooled connection.
+fn escaping_function(name: &ObjectName) -> Option<String> {
+    let name = name.0.last().map(|p| p.to_string().to_lowercase()).unwrap_or_default();
+    let name = name.trim_matches(['"', '`']).to_string();
+    let escapes = ["pg_", "lo_", "dblink", "sys_"].iter().any(|p| name.starts_with(p))
+        || ["_to_xml", "_to_xmlschema", "_to_xml_and_xmlschema"].iter().any(|s| name.ends_with(s))
+        || ["set_config", "current_setting", "load_file", "copy", "sleep", "benchmark", "get_lock", "release_lock"]
+            .contains(&name.as_str());
+    escapes.then_some(name)
 }
 
 impl db::Host for CapabilityCtx {
@@ -214,5 +277,42 @@ mod tests {
             Err(CapabilityFailure::Invalid(_))
         ));
         assert!(matches!(check(&["orders"], "SELEKT nonsense"), Err(CapabilityFailure::Invalid(_))));
+    }
+
+    #[test]
+    fn the_ways_around_a_grant_are_refused() {
+        let on = |dialect, sql: &str| check_tables(&["orders".to_string()], dialect, sql);
+        let denied = |dialect, sql: &str| {
+            let result = on(dialect, sql);
+            assert!(matches!(result, Err(CapabilityFailure::Denied(_))), "{sql}: {result:?}");
+        };
+        use SqlDialect::{MySql, Postgres, Sqlite};
+        // Forms that name a table without a FROM the old check followed.
+        denied(Postgres, "SELECT * FROM orders UNION ALL TABLE secrets");
+        denied(Postgres, "SELECT * INTO stolen FROM orders");
+        // Set-returning and query-running functions in FROM / LATERAL.
+        denied(Postgres, "SELECT * FROM orders, LATERAL generate_series(1, 10)");
+        denied(Postgres, "SELECT * FROM query_to_xml('select * from secrets', true, true, '') x");
+        denied(Postgres, "SELECT * FROM orders CROSS JOIN unnest(ARRAY[1,2])");
+        // Unicode-escaped names hide a function or a table.
+        denied(Postgres, r#"SELECT U&"\0070g_read_file"('/etc/passwd') FROM orders"#);
+        denied(Postgres, r#"SELECT * FROM u&"s\0065crets""#);
+        // MySQL runs what is inside an executable comment.
+        denied(MySql, "SELECT id FROM orders /*! UNION SELECT secret FROM secrets */");
+        denied(MySql, "SELECT id FROM orders /*M!100000 UNION SELECT 1 */");
+        // MySQL table names are case-sensitive here: `Orders` is another table.
+        denied(MySql, "SELECT * FROM Orders");
+        on(MySql, "SELECT * FROM orders").unwrap();
+        on(Sqlite, "SELECT * FROM Orders").unwrap();
+        // Sleeps and locks hold a pooled connection.
+        denied(MySql, "SELECT sleep(100) FROM orders");
+        denied(MySql, "SELECT benchmark(100000000, md5('x')) FROM orders");
+        denied(Postgres, "SELECT pg_sleep(100) FROM orders");
+        // The host's own tables, even to a tenant granted everything.
+        let all = check_tables(&["*".to_string()], Postgres, "INSERT INTO switchyard_outbox (id) VALUES (1)");
+        assert!(matches!(all, Err(CapabilityFailure::Denied(_))), "{all:?}");
+        // Nothing granted: nothing runs, not even a statement without tables.
+        let none = check_tables(&[], Postgres, "SELECT pg_backend_pid()");
+        assert!(matches!(none, Err(CapabilityFailure::Denied(_))), "{none:?}");
     }
 }

@@ -100,6 +100,35 @@ pub struct SqlServerConfig {
     /// fails as `unavailable`. Example: `timeout_ms = 5000` (the default).
     #[serde(default = "defaults::sql_timeout_ms")]
     pub timeout_ms: u64,
+    /// Run each tenant's statements as a login of its own, which the host
+    /// creates (or updates) at start and grants exactly the tenant's
+    /// `db_tables`, so the server enforces the grant. The login in `url`
+    /// then needs to create logins and grant them (PostgreSQL: `CREATEROLE`
+    /// and ownership of the granted tables; MySQL: `CREATE USER` and the
+    /// granted privileges `WITH GRANT OPTION`). `false` runs every tenant as
+    /// the login in `url`, held by the host's statement check alone. Example:
+    /// `tenant_logins = true` (the default).
+    #[serde(default = "defaults::yes")]
+    pub tenant_logins: bool,
+    /// The start of the name of every login the host creates for a tenant.
+    /// Example: `login_prefix = "switchyard_"` (the default).
+    #[serde(default = "defaults::login_prefix")]
+    pub login_prefix: String,
+}
+
+impl SqlServerConfig {
+    /// A server at `url` with every other setting at its default.
+    pub fn new(url: impl Into<String>) -> Self {
+        Self {
+            url: url.into(),
+            init: Vec::new(),
+            max_connections: defaults::sql_max_connections(),
+            max_batch: defaults::sql_max_batch(),
+            timeout_ms: defaults::sql_timeout_ms(),
+            tenant_logins: true,
+            login_prefix: defaults::login_prefix(),
+        }
+    }
 }
 
 impl Default for DbBackendConfig {

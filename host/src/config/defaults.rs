@@ -18,6 +18,9 @@ pub fn sql_max_connections() -> u32 {
 pub fn sql_max_batch() -> usize {
     1_000
 }
+pub fn login_prefix() -> String {
+    "switchyard_".into()
+}
 pub fn sql_timeout_ms() -> u64 {
     5_000
 }

@@ -22,7 +22,7 @@ pub use sources::{
     AmqpBinding, AmqpConfig, AmqpExchange, FileConfig, HttpConfig, JetStreamConfig, KafkaConfig, NatsConfig,
     RedisStreamsConfig, SourceConfig, StartFrom,
 };
-pub use tenants::{Grants, HandlerConfig, Limits, MAX_MEMORY_MIB, Quotas, TenantConfig};
+pub use tenants::{Grants, HandlerConfig, Limits, MAX_MEMORY_MIB, Quotas, TableGrant, TenantConfig};
 
 /// A config file that could not be used.
 #[derive(Debug, thiserror::Error)]
@@ -153,6 +153,9 @@ impl Config {
             Ok(())
         };
         for (tenant, t) in &self.tenants {
+            t.grants
+                .validate()
+                .map_err(|(grant, message)| invalid(format!("tenants.{tenant}.grants.{grant}"), message))?;
             for (handler, h) in &t.handlers {
                 check_limits(format!("tenants.{tenant}.handlers.{handler}.limits"), &h.limits)?;
             }

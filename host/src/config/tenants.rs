@@ -120,3 +120,88 @@ impl Default for Limits {
 /// The largest memory limit a handler may ask for, in MiB. The pooling
 /// allocator reserves address space for this much per instance slot.
 pub const MAX_MEMORY_MIB: u64 = 4096;
+
+/// One entry of `db_tables`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum TableGrant<'a> {
+    /// `"*"`: every table the host's own login reaches.
+    All,
+    /// `table` or `schema.table`.
+    Table {
+        /// The schema (on MySQL, the database), if named.
+        schema: Option<&'a str>,
+        /// The table.
+        table: &'a str,
+    },
+    /// `schema.*`: every table of a schema (on MySQL, a database).
+    Schema(&'a str),
+}
+
+impl<'a> TableGrant<'a> {
+    /// Parse an entry of `db_tables`: `*`, `table`, `schema.table` or
+    /// `schema.*`, each name an identifier (`[A-Za-z_][A-Za-z0-9_$]*`, at
+    /// most 63 characters). Anything else is refused with the reason.
+    pub fn parse(entry: &'a str) -> Result<Self, String> {
+        if entry == "*" {
+            return Ok(Self::All);
+        }
+        let parts: Vec<&str> = entry.split('.').collect();
+        match parts.as_slice() {
+            [table] => Ok(Self::Table { schema: None, table: identifier(table)? }),
+            [schema, "*"] => Ok(Self::Schema(identifier(schema)?)),
+            [schema, table] => Ok(Self::Table { schema: Some(identifier(schema)?), table: identifier(table)? }),
+            _ => Err(format!("{entry:?} has {} parts; a table is `table`, `schema.table` or `schema.*`", parts.len())),
+        }
+    }
+}
+
+/// `name` if it is a plain SQL identifier.
+fn identifier(name: &str) -> Result<&str, String> {
+    let mut chars = name.chars();
+    let starts = chars.next().is_some_and(|c| c.is_ascii_alphabetic() || c == '_');
+    if starts && name.len() <= 63 && chars.all(|c| c.is_ascii_alphanumeric() || c == '_' || c == '$') {
+        Ok(name)
+    } else {
+        Err(format!("{name:?} is not a table or schema name (letters, digits, `_` and `$`, at most 63)"))
+    }
+}
+
+impl Grants {
+    /// Refuse entries no backend could hold: the field and the reason.
+    pub fn validate(&self) -> Result<(), (String, String)> {
+        for entry in &self.db_tables {
+            TableGrant::parse(entry).map_err(|e| ("db_tables".to_string(), e))?;
+        }
+        for pattern in &self.publish {
+            let body = pattern.strip_suffix('*').unwrap_or(pattern);
+            if body.contains('*') {
+                return Err((
+                    "publish".into(),
+                    format!("{pattern:?} has a `*` before its end; only a trailing `*` matches"),
+                ));
+            }
+            if pattern.is_empty() || pattern.chars().any(char::is_control) {
+                return Err(("publish".into(), format!("{pattern:?} is not a destination pattern")));
+            }
+        }
+        for prefix in &self.search_prefixes {
+            // What Elasticsearch and OpenSearch allow in an index name, and so
+            // what a prefix of one may hold.
+            let bad = prefix.chars().find(|c| {
+                c.is_ascii_uppercase() || c.is_whitespace() || r#"\/*?"<>|,#:"#.contains(*c) || c.is_control()
+            });
+            if let Some(c) = bad {
+                return Err(("search_prefixes".into(), format!("{prefix:?} holds {c:?}, which no index name can")));
+            }
+            if prefix.starts_with(['-', '_', '+']) || prefix == "." || prefix == ".." || prefix.len() > 255 {
+                return Err(("search_prefixes".into(), format!("no index name can start with {prefix:?}")));
+            }
+        }
+        for prefix in &self.cache_prefixes {
+            if prefix.chars().any(char::is_control) {
+                return Err(("cache_prefixes".into(), format!("{prefix:?} holds a control character")));
+            }
+        }
+        Ok(())
+    }
+}

@@ -1,6 +1,9 @@
 //! The port a database backend implements (`sqlite`, `postgres`, `mysql`),
 //! and the inbox and transaction types of transactional routes.
 
+use std::sync::Arc;
+use std::time::Duration;
+
 use async_trait::async_trait;
 
 use super::bindings::db::{RowSet, Value};
@@ -51,6 +54,28 @@ pub trait DbBackend: Send + Sync {
     async fn relay(&self, _publisher: &dyn Publisher, _limit: usize) -> Result<usize, BackendError> {
         Ok(0)
     }
+
+    /// A backend that runs `tenant`'s statements as a database login of its
+    /// own, which the server holds to exactly the tenant's tables, or `None`
+    /// when this backend has no logins (SQLite) or is configured to run every
+    /// tenant as its own login: the tenant then shares this backend, held by
+    /// the host's statement check alone.
+    async fn for_tenant(&self, _tenant: &TenantAccess) -> Result<Option<Arc<dyn DbBackend>>, BackendError> {
+        Ok(None)
+    }
+}
+
+/// What one tenant may reach in the database, for [`DbBackend::for_tenant`].
+#[derive(Debug, Clone)]
+pub struct TenantAccess {
+    /// The tenant's name.
+    pub tenant: String,
+    /// Its granted tables: `table`, `schema.table` or `schema.*`.
+    pub tables: Vec<String>,
+    /// The longest any of its handlers may run; none of its statements runs longer.
+    pub statement_timeout: Duration,
+    /// Whether it has transactional routes, which need an inbox and an outbox of its own.
+    pub transactional: bool,
 }
 
 /// Which message of which route an inbox row stands for.

@@ -228,7 +228,7 @@ async fn dead_letter(
     // committed to the inbox and outbox, so a redelivery after a crash does
     // not send them again.
     let compensations = match inbox {
-        Some(key) => match record_failure(shared, key, &compensations).await {
+        Some(key) => match record_failure(shared, route, key, &compensations).await {
             Ok(()) => {
                 headers.push((headers::COMPENSATIONS.into(), count.to_string()));
                 Vec::new()
@@ -274,9 +274,13 @@ async fn commit(
 
 /// Record that a message failed for good, with its compensations in the
 /// outbox, unless an earlier delivery already did.
-async fn record_failure(shared: &Shared, inbox: &InboxKey, compensations: &[Outgoing]) -> Result<(), BackendError> {
-    let Some(relay) = &shared.relay else { return Ok(()) };
-    match relay.db().begin(inbox).await? {
+async fn record_failure(
+    shared: &Shared,
+    route: &Route,
+    inbox: &InboxKey,
+    compensations: &[Outgoing],
+) -> Result<(), BackendError> {
+    match route.invoke.caps.backends.db.begin(inbox).await? {
         Begun::Transaction(tx) => commit(shared, tx, inbox, InboxOutcome::Failed, compensations).await.map(drop),
         Begun::Settled(_) => Ok(()),
     }

@@ -30,19 +30,25 @@ const MAX_BACKOFF: Duration = Duration::from_secs(10);
 
 /// Publishes committed outbox rows.
 pub struct Relay {
-    db: Arc<dyn DbBackend>,
+    /// The backends whose outboxes it relays: the host's own, and each
+    /// tenant login's with transactional routes.
+    outboxes: Vec<Arc<dyn DbBackend>>,
     wake: Notify,
 }
 
 impl Relay {
-    /// A relay for the outbox in `db`.
-    pub fn new(db: Arc<dyn DbBackend>) -> Self {
-        Self { db, wake: Notify::new() }
+    /// A relay for the outboxes of `outboxes`.
+    pub fn new(outboxes: Vec<Arc<dyn DbBackend>>) -> Self {
+        Self { outboxes, wake: Notify::new() }
     }
 
-    /// The database whose outbox it relays.
-    pub fn db(&self) -> &Arc<dyn DbBackend> {
-        &self.db
+    /// One round: at most [`BATCH`] rows from each outbox; how many were sent.
+    async fn round(&self, publisher: &dyn Publisher) -> Result<usize, BackendError> {
+        let mut sent = 0;
+        for db in &self.outboxes {
+            sent += db.relay(&Claimed(publisher), BATCH).await?;
+        }
+        Ok(sent)
     }
 
     /// Tell the relay a transaction committed outbox rows.
@@ -55,7 +61,14 @@ impl Relay {
     pub async fn prepare(&self, shutdown: &CancellationToken) -> bool {
         let mut delay = Duration::from_millis(200);
         loop {
-            match self.db.prepare_transactions().await {
+            let mut prepared = Ok(());
+            for db in &self.outboxes {
+                prepared = db.prepare_transactions().await;
+                if prepared.is_err() {
+                    break;
+                }
+            }
+            match prepared {
                 Ok(()) => return true,
                 Err(e) => {
                     tracing::error!(error = %e, retry_in_ms = delay.as_millis() as u64, "cannot create the inbox and outbox tables of transactional routes");
@@ -73,7 +86,7 @@ impl Relay {
     pub async fn flush(&self, publisher: &dyn Publisher) -> usize {
         let mut sent = 0;
         loop {
-            match self.db.relay(&Claimed(publisher), BATCH).await {
+            match self.round(publisher).await {
                 Ok(0) => return sent,
                 Ok(n) => {
                     sent += n;
@@ -92,7 +105,7 @@ impl Relay {
     pub async fn run(self: Arc<Self>, publisher: Arc<dyn Publisher>, stop: CancellationToken) {
         let mut delay = SWEEP;
         loop {
-            match self.db.relay(&Claimed(&*publisher), BATCH).await {
+            match self.round(&*publisher).await {
                 Ok(n) if n > 0 => {
                     delay = SWEEP;
                     continue;

@@ -323,3 +323,141 @@ async fn db_grants(t: &DbUnderTest, base: &str) {
     assert_eq!(t.direct.int(&format!("SELECT count(*) FROM {counter}")).await, 1, "the denied DELETE never ran");
     assert_eq!(t.direct.int(&format!("SELECT count(*) FROM {rows}")).await, 300, "nothing was deleted");
 }
+
+/// How one SQL server spells what a hostile tenant tries.
+pub struct Hostile {
+    /// The type of an auto-numbered key column.
+    pub serial: &'static str,
+    /// The query naming the login a statement runs as.
+    pub whoami: &'static str,
+    /// A query reading a file on the database server.
+    pub read_file: &'static str,
+    /// A query that sleeps on the server for 30 s.
+    pub sleep: &'static str,
+    /// A statement lifting the session's own statement time limit.
+    pub lift_limit: &'static str,
+    /// A query taking the next number of another table's sequence, where
+    /// the server has sequences apart from tables: `{table}` is the table.
+    pub other_sequence: Option<&'static str>,
+}
+
+/// Publishes into a list, for checking what a relay sent.
+#[derive(Default)]
+struct Recorder(std::sync::Mutex<Vec<switchyard::contract::Outgoing>>);
+
+#[async_trait::async_trait]
+impl switchyard::contract::publish::Publisher for Recorder {
+    async fn publish(&self, messages: Vec<switchyard::contract::Outgoing>) -> Result<(), BackendError> {
+        self.0.lock().unwrap().extend(messages);
+        Ok(())
+    }
+}
+
+/// A statement that the server, not the host, refused for want of a privilege.
+fn refused_by_server<T: std::fmt::Debug>(result: Result<T, BackendError>, what: &str) {
+    match result {
+        Err(BackendError::Invalid(m)) if m.to_lowercase().contains("denied") => {}
+        other => panic!("{what}: expected the server to deny it, got {other:?}"),
+    }
+}
+
+/// Every tenant runs as a login of its own that the server holds to its
+/// tables: its statements reach the backend here without the host's
+/// statement check, so whatever is refused, the server refused.
+pub async fn tenant_logins(t: &DbUnderTest, hostile: &Hostile, base: &str) {
+    use switchyard::contract::db::{Begun, InboxKey, InboxOutcome, TenantAccess};
+    let (mine, theirs) = (format!("{base}_mine"), format!("{base}_theirs"));
+    t.direct.exec(&format!("CREATE TABLE {mine} (id {}, v VARCHAR(64))", hostile.serial)).await;
+    t.direct.exec(&format!("CREATE TABLE {theirs} (id {}, secret VARCHAR(64))", hostile.serial)).await;
+    t.direct.exec(&format!("INSERT INTO {theirs} (secret) VALUES ('the other tenant''s')")).await;
+    let access = |tables: &[&String], transactional| TenantAccess {
+        tenant: "login-alpha".into(),
+        tables: tables.iter().map(|t| t.to_string()).collect(),
+        statement_timeout: Duration::from_secs(1),
+        transactional,
+    };
+    let alpha = t.db.for_tenant(&access(&[&mine], true)).await.unwrap().expect("a login of its own");
+
+    let Ok(who) = alpha.query(hostile.whoami, vec![]).await else { panic!("{}", hostile.whoami) };
+    let Value::Text(login) = &who.rows[0][0] else { panic!("{who:?}") };
+    assert!(login.starts_with("switchyard_login_alpha_"), "runs as {login}");
+
+    // Its own table, sequence included.
+    assert_eq!(alpha.execute(&format!("INSERT INTO {mine} (v) VALUES ('mine')"), vec![]).await, Ok(1));
+    assert_eq!(t.direct.int(&format!("SELECT count(*) FROM {mine}")).await, 1);
+    // Nothing else: another table, its sequence, the server's files.
+    refused_by_server(alpha.query(&format!("SELECT secret FROM {theirs}"), vec![]).await, "reading another table");
+    refused_by_server(
+        alpha.execute(&format!("UPDATE {theirs} SET secret = 'overwritten'"), vec![]).await,
+        "writing another table",
+    );
+    if let Some(sequence) = hostile.other_sequence {
+        let sql = sequence.replace("{table}", &theirs);
+        refused_by_server(alpha.query(&sql, vec![]).await, "taking another table's sequence");
+    }
+    match alpha.query(hostile.read_file, vec![]).await {
+        Err(BackendError::Invalid(m)) if m.to_lowercase().contains("denied") => {}
+        Ok(rows) if rows.rows == vec![vec![Value::Null]] => {} // MySQL's LOAD_FILE without the FILE privilege
+        other => panic!("reading a server file: {other:?}"),
+    }
+    assert_eq!(t.direct.text(&format!("SELECT secret FROM {theirs}")).await.as_deref(), Some("the other tenant's"));
+
+    // A sleep holds a connection no longer than the tenant's longest
+    // deadline: the server stops it.
+    let slept = alpha.query(hostile.sleep, vec![]).await;
+    assert!(
+        matches!(&slept, Err(_)) || matches!(&slept, Ok(rows) if rows.rows == vec![vec![Value::Int(1)]]),
+        "a 30 s sleep was not stopped: {slept:?}"
+    );
+    // Nor after the session lifts its own limit: the host cancels it. One
+    // transaction keeps both statements on one connection.
+    let key = InboxKey { route: "login-alpha/h".into(), message: unique("m") };
+    let Ok(Begun::Transaction(mut tx)) = alpha.begin(&key).await else { panic!("begin") };
+    tx.execute(hostile.lift_limit, vec![]).await.unwrap();
+    let slept = tx.query(hostile.sleep, vec![]).await;
+    assert!(
+        matches!(&slept, Err(_)) || matches!(&slept, Ok(rows) if rows.rows == vec![vec![Value::Int(1)]]),
+        "a 30 s sleep past a lifted limit was not cancelled: {slept:?}"
+    );
+    drop(tx);
+
+    // Its outbox: what the host committed is relayed; a row the tenant
+    // wrote at the server itself is dropped unsent.
+    let key = InboxKey { route: "login-alpha/h".into(), message: unique("m") };
+    let Ok(Begun::Transaction(tx)) = alpha.begin(&key).await else { panic!("begin") };
+    let sent = switchyard::contract::Outgoing {
+        destination: "granted.topic".into(),
+        payload: b"committed".to_vec(),
+        headers: vec![],
+        key: None,
+    };
+    assert_eq!(tx.commit(&key, InboxOutcome::Handled, std::slice::from_ref(&sent)).await, Ok(true));
+    let outbox = format!("switchyard_outbox_{login}");
+    let forged =
+        format!("INSERT INTO {outbox} (message_id, destination, payload, headers, signature) VALUES ({})", t.phs(5));
+    let params = vec![
+        Value::Text("forged#0".into()),
+        Value::Text("anywhere.at.all".into()),
+        Value::Bytes(b"forged".to_vec()),
+        Value::Text("[]".into()),
+        Value::Text("0".repeat(64)),
+    ];
+    assert_eq!(alpha.execute(&forged, params).await, Ok(1), "the server lets a tenant add to its own outbox");
+    let recorder = Recorder::default();
+    assert_eq!(alpha.relay(&recorder, 100).await, Ok(1));
+    let relayed: Vec<String> = recorder.0.lock().unwrap().iter().map(|m| m.destination.clone()).collect();
+    assert_eq!(relayed, ["granted.topic"], "only the host's row is published");
+    assert_eq!(t.direct.int(&format!("SELECT count(*) FROM {outbox}")).await, 0, "the forged row is gone too");
+    // Another tenant's inbox and outbox are other tables, out of reach.
+    refused_by_server(alpha.query("SELECT * FROM switchyard_inbox", vec![]).await, "reading the shared inbox");
+
+    // A grant taken out of the config is taken back at the next start.
+    let moved = t.db.for_tenant(&access(&[&theirs], false)).await.unwrap().expect("a login of its own");
+    refused_by_server(moved.query(&format!("SELECT v FROM {mine}"), vec![]).await, "a table no longer granted");
+    let read = moved.query(&format!("SELECT secret FROM {theirs}"), vec![]).await.unwrap();
+    assert_eq!(read.rows, vec![vec![Value::Text("the other tenant's".into())]]);
+
+    for table in [mine, theirs] {
+        t.direct.exec(&format!("DROP TABLE {table}")).await;
+    }
+}

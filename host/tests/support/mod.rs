@@ -43,7 +43,7 @@ pub async fn build_host(config: &Config) -> (Host, Arc<Backends>) {
     let runtime = Arc::new(Runtime::new(wiring::runtime_options(config)).unwrap());
     let registry = wiring::load_handlers(config, &runtime).unwrap();
     let backends = Arc::new(wiring::open_backends(config).await.unwrap());
-    let host = Host::assemble(config, registry, backends.clone()).unwrap();
+    let host = Host::assemble(config, registry, backends.clone()).await.unwrap();
     (host, backends)
 }
 

@@ -13,6 +13,7 @@ use std::time::{Duration, Instant};
 use redis::AsyncCommands;
 use redis::streams::StreamRangeReply;
 
+use switchyard::capabilities::backends::sql::logins::login_name;
 use switchyard::capabilities::backends::sql::server::TransactionStatements;
 
 use super::backends::Direct;
@@ -31,6 +32,8 @@ pub struct SagaDb<'a> {
     pub redis_db: u8,
     /// The dialect's inbox and outbox statements.
     pub transactions: &'static TransactionStatements,
+    /// The database's name, which the tenant's login name derives from.
+    pub database: String,
 }
 
 /// Orders that succeed, are out of stock, or fail after their retries.
@@ -128,6 +131,11 @@ async fn reset(db: &SagaDb<'_>) {
     }
     db.direct.exec("DELETE FROM switchyard_inbox").await;
     db.direct.exec("DELETE FROM switchyard_outbox").await;
+    // The tenant runs as a login of its own, with its own inbox and outbox;
+    // the host makes them again at start.
+    let login = login_name("switchyard_", &db.database, "shop");
+    db.direct.exec(&format!("DROP TABLE IF EXISTS switchyard_inbox_{login}")).await;
+    db.direct.exec(&format!("DROP TABLE IF EXISTS switchyard_outbox_{login}")).await;
 }
 
 /// `order-id` header of every entry of a stream, in order.

@@ -9,10 +9,11 @@ use sqlx::mysql::{MySqlConnectOptions, MySqlPoolOptions, MySqlRow};
 use sqlx::types::time::{OffsetDateTime, PrimitiveDateTime};
 use sqlx::{Column, MySql as My, MySqlConnection, Row, TypeInfo, ValueRef};
 
+use super::logins::Login;
 use super::plan::Placeholders;
 use super::postgres::{micros, timestamp};
 use super::server::{Dialect, SqlConnection, TransactionStatements, sql_connection};
-use crate::config::SqlServerConfig;
+use crate::config::{SqlServerConfig, TableGrant};
 use crate::contract::bindings::db::{RowSet, Value};
 use crate::contract::db::SqlDialect;
 use crate::contract::errors::BackendError;
@@ -34,31 +35,56 @@ impl Dialect for MySql {
              PRIMARY KEY (route, message))",
             "CREATE TABLE IF NOT EXISTS switchyard_outbox (id BIGINT AUTO_INCREMENT PRIMARY KEY, \
              message_id VARCHAR(520) NOT NULL, destination TEXT NOT NULL, payload LONGBLOB NOT NULL, \
-             headers LONGTEXT NOT NULL, msg_key TEXT NULL, created_at TIMESTAMP(6) NOT NULL DEFAULT CURRENT_TIMESTAMP(6))",
+             headers LONGTEXT NOT NULL, msg_key TEXT NULL, signature VARCHAR(64) NULL, \
+             created_at TIMESTAMP(6) NOT NULL DEFAULT CURRENT_TIMESTAMP(6))",
         ],
+        signature_column: "ALTER TABLE switchyard_outbox ADD COLUMN signature VARCHAR(64) NULL",
         lookup: "SELECT outcome FROM switchyard_inbox WHERE route = ? AND message = ?",
         insert_inbox: "INSERT INTO switchyard_inbox (route, message, outcome) VALUES (?, ?, ?)",
-        insert_outbox: "INSERT INTO switchyard_outbox (message_id, destination, payload, headers, msg_key) \
-                        VALUES (?, ?, ?, ?, ?)",
+        insert_outbox: "INSERT INTO switchyard_outbox (message_id, destination, payload, headers, msg_key, signature) \
+                        VALUES (?, ?, ?, ?, ?, ?)",
         delete_outbox: "DELETE FROM switchyard_outbox WHERE id IN",
     };
+    const DATABASE: &'static str = "SELECT DATABASE()";
+    const SECRET: [&'static str; 2] = [
+        "CREATE TABLE IF NOT EXISTS switchyard_login_secret (id INT PRIMARY KEY, secret VARCHAR(128) NOT NULL)",
+        "INSERT IGNORE INTO switchyard_login_secret (id, secret) VALUES (1, ?)",
+    ];
 
-    fn connect(config: &SqlServerConfig) -> BoxFuture<'_, Result<sqlx::MySqlPool, BackendError>> {
+    fn connect<'a>(
+        config: &'a SqlServerConfig,
+        tenant: Option<(&'a Login, Duration)>,
+    ) -> BoxFuture<'a, Result<sqlx::MySqlPool, BackendError>> {
         Box::pin(async move {
-            let connect: MySqlConnectOptions = config
+            let mut connect: MySqlConnectOptions = config
                 .url
                 .parse()
                 .map_err(|e| BackendError::Invalid(format!("mysql url {}: {e}", redact(&config.url))))?;
-            let connect = connect.timezone(Some("+00:00".to_string()));
-            let address = format!("mysql at {}", redact(&config.url));
+            connect = connect.timezone(Some("+00:00".to_string()));
+            let mut address = format!("mysql at {}", redact(&config.url));
+            if let Some((login, _)) = tenant {
+                connect = connect.username(&login.name).password(&login.password);
+                address = format!("{address} as {}", login.name);
+            }
+            let timeout = tenant.map(|(_, timeout)| timeout);
             MySqlPoolOptions::new()
                 // READ COMMITTED, as PostgreSQL's default: under InnoDB's
                 // REPEATABLE READ the outbox relay's `FOR UPDATE SKIP LOCKED`
                 // would also lock the gap after the last row, holding up every
                 // commit that adds to the outbox while the relay publishes.
-                .after_connect(|conn, _| {
+                .after_connect(move |conn, _| {
                     Box::pin(async move {
-                        conn.run("SET SESSION TRANSACTION ISOLATION LEVEL READ COMMITTED", &[]).await.map(drop)
+                        conn.run("SET SESSION TRANSACTION ISOLATION LEVEL READ COMMITTED", &[]).await?;
+                        if let Some(timeout) = timeout {
+                            // MariaDB stops any statement past it; MySQL has
+                            // only a limit on SELECTs.
+                            let mariadb = format!("SET SESSION max_statement_time = {}", timeout.as_secs_f64());
+                            if conn.run(&mariadb, &[]).await.is_err() {
+                                let mysql = format!("SET SESSION max_execution_time = {}", timeout.as_millis());
+                                conn.run(&mysql, &[]).await?;
+                            }
+                        }
+                        Ok(())
                     })
                 })
                 .max_connections(config.max_connections)
@@ -68,6 +94,67 @@ impl Dialect for MySql {
                 .map_err(|e| BackendError::Unavailable(format!("cannot connect to {address}: {e}")))
         })
     }
+
+    fn provision(database: &str, login: &Login, grants: &[TableGrant<'_>], transactional: bool) -> Vec<String> {
+        let user = format!("'{}'@'%'", login.name);
+        let mut statements = vec![
+            format!("CREATE USER IF NOT EXISTS {user} IDENTIFIED BY '{}'", login.password),
+            format!("ALTER USER {user} IDENTIFIED BY '{}'", login.password),
+            // Every privilege it held, so a grant taken out of the config is taken back.
+            format!("REVOKE ALL PRIVILEGES, GRANT OPTION FROM {user}"),
+        ];
+        const WRITE: &str = "SELECT, INSERT, UPDATE, DELETE";
+        for grant in grants {
+            match grant {
+                TableGrant::All => {}
+                TableGrant::Table { schema, table } => statements.push(format!(
+                    "GRANT {WRITE} ON {}.{} TO {user}",
+                    ident(schema.unwrap_or(database)),
+                    ident(table)
+                )),
+                TableGrant::Schema(schema) => {
+                    statements.push(format!("GRANT {WRITE} ON {}.* TO {user}", ident(schema)))
+                }
+            }
+        }
+        if transactional {
+            let (db, inbox, outbox) = (ident(database), ident(&login.inbox), ident(&login.outbox));
+            statements.push(format!("GRANT SELECT, INSERT ON {db}.{inbox} TO {user}"));
+            statements.push(format!("GRANT INSERT ON {db}.{outbox} TO {user}"));
+        }
+        statements
+    }
+
+    fn cancel_overdue<'a>(
+        conn: &'a mut MySqlConnection,
+        login: &'a str,
+        limit: Duration,
+    ) -> BoxFuture<'a, Result<u64, sqlx::Error>> {
+        Box::pin(async move {
+            let found = conn
+                .fetch(
+                    "SELECT ID FROM information_schema.PROCESSLIST WHERE USER = ? AND COMMAND = 'Query' AND TIME >= ?",
+                    &[Value::Text(login.to_string()), Value::Int(limit.as_secs_f64().ceil() as i64)],
+                )
+                .await?;
+            let mut cancelled = 0;
+            for row in found.rows {
+                if let Some(Value::Int(id)) = row.first() {
+                    // It may have ended meanwhile.
+                    if conn.run(&format!("KILL QUERY {id}"), &[]).await.is_ok() {
+                        cancelled += 1;
+                    }
+                }
+            }
+            Ok(cancelled)
+        })
+    }
+}
+
+/// A name quoted as MySQL quotes one; names are case-sensitive here, as on
+/// every server that keeps tables in a case-sensitive file system.
+fn ident(name: &str) -> String {
+    format!("`{}`", name.replace('`', "``"))
 }
 
 sql_connection!(MySqlConnection, bind, decode);

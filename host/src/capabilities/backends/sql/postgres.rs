@@ -10,9 +10,10 @@ use sqlx::postgres::{PgConnectOptions, PgPoolOptions, PgRow, PgTypeInfo, PgValue
 use sqlx::types::time::{OffsetDateTime, PrimitiveDateTime};
 use sqlx::{Column, PgConnection, Postgres as Pg, Row, TypeInfo, ValueRef};
 
+use super::logins::Login;
 use super::plan::{Placeholders, number_question_marks};
 use super::server::{Dialect, SqlConnection, TransactionStatements, sql_connection};
-use crate::config::SqlServerConfig;
+use crate::config::{SqlServerConfig, TableGrant};
 use crate::contract::bindings::db::{RowSet, Value};
 use crate::contract::db::SqlDialect;
 use crate::contract::errors::BackendError;
@@ -32,26 +33,43 @@ impl Dialect for Postgres {
              outcome TEXT NOT NULL, settled_at TIMESTAMPTZ NOT NULL DEFAULT now(), PRIMARY KEY (route, message))",
             "CREATE TABLE IF NOT EXISTS switchyard_outbox (id BIGSERIAL PRIMARY KEY, message_id TEXT NOT NULL, \
              destination TEXT NOT NULL, payload BYTEA NOT NULL, headers TEXT NOT NULL, msg_key TEXT, \
-             created_at TIMESTAMPTZ NOT NULL DEFAULT now())",
+             signature TEXT, created_at TIMESTAMPTZ NOT NULL DEFAULT now())",
         ],
+        signature_column: "ALTER TABLE switchyard_outbox ADD COLUMN IF NOT EXISTS signature TEXT",
         lookup: "SELECT outcome FROM switchyard_inbox WHERE route = $1 AND message = $2",
         insert_inbox: "INSERT INTO switchyard_inbox (route, message, outcome) VALUES ($1, $2, $3)",
-        insert_outbox: "INSERT INTO switchyard_outbox (message_id, destination, payload, headers, msg_key) \
-                        VALUES ($1, $2, $3, $4, $5)",
+        insert_outbox: "INSERT INTO switchyard_outbox (message_id, destination, payload, headers, msg_key, signature) \
+                        VALUES ($1, $2, $3, $4, $5, $6)",
         delete_outbox: "DELETE FROM switchyard_outbox WHERE id IN",
     };
+    const DATABASE: &'static str = "SELECT current_database()::text";
+    const SECRET: [&'static str; 2] = [
+        "CREATE TABLE IF NOT EXISTS switchyard_login_secret (id INT PRIMARY KEY, secret TEXT NOT NULL)",
+        "INSERT INTO switchyard_login_secret (id, secret) VALUES (1, $1) ON CONFLICT (id) DO NOTHING",
+    ];
 
-    fn connect(config: &SqlServerConfig) -> BoxFuture<'_, Result<sqlx::PgPool, BackendError>> {
+    fn connect<'a>(
+        config: &'a SqlServerConfig,
+        tenant: Option<(&'a Login, Duration)>,
+    ) -> BoxFuture<'a, Result<sqlx::PgPool, BackendError>> {
         Box::pin(async move {
-            let connect: PgConnectOptions = config
+            let mut connect: PgConnectOptions = config
                 .url
                 .parse()
                 .map_err(|e| BackendError::Invalid(format!("postgres url {}: {e}", redact(&config.url))))?;
+            let mut options = vec![("search_path", "public".to_string()), ("TimeZone", "UTC".to_string())];
+            if let Some((login, timeout)) = tenant {
+                connect = connect.username(&login.name).password(&login.password);
+                options.push(("statement_timeout", timeout.as_millis().to_string()));
+                // A statement whose client went away (its handler ended) stops
+                // at the next check, not when it finishes.
+                options.push(("client_connection_check_interval", "1000".to_string()));
+            }
             // Unqualified names resolve in `public` only, whatever the server's
-            // default; handlers cannot change it (`SET` and `set_config` are not
-            // granted), so an unqualified name cannot reach another schema.
-            let connect = connect.options([("search_path", "public"), ("TimeZone", "UTC")]);
-            let address = format!("postgres at {}:{}", connect.get_host(), connect.get_port());
+            // default; the statement check refuses `SET` and `set_config`.
+            let connect = connect.options(options);
+            let address =
+                format!("postgres at {}:{} as {}", connect.get_host(), connect.get_port(), connect.get_username());
             PgPoolOptions::new()
                 .max_connections(config.max_connections)
                 .acquire_timeout(Duration::from_millis(config.timeout_ms))
@@ -61,9 +79,89 @@ impl Dialect for Postgres {
         })
     }
 
+    fn provision(_database: &str, login: &Login, grants: &[TableGrant<'_>], transactional: bool) -> Vec<String> {
+        let name = &login.name;
+        let mut statements = vec![
+            format!("DO $$ BEGIN CREATE ROLE {name} LOGIN; EXCEPTION WHEN duplicate_object THEN NULL; END $$"),
+            format!(
+                "ALTER ROLE {name} LOGIN NOSUPERUSER NOCREATEDB NOCREATEROLE NOINHERIT NOREPLICATION NOBYPASSRLS \
+                 PASSWORD '{}'",
+                login.password
+            ),
+            // Membership lets the host take back what the login holds and
+            // cancel its statements.
+            format!("GRANT {name} TO CURRENT_USER"),
+            // Every privilege it held in this database, so a grant taken out
+            // of the config is taken back.
+            format!("DROP OWNED BY {name}"),
+        ];
+        const WRITE: &str = "SELECT, INSERT, UPDATE, DELETE";
+        for grant in grants {
+            match grant {
+                TableGrant::All => {}
+                TableGrant::Table { schema, table } => {
+                    let table = match schema {
+                        Some(schema) => {
+                            statements.push(format!("GRANT USAGE ON SCHEMA {} TO {name}", ident(schema)));
+                            format!("{}.{}", ident(schema), ident(table))
+                        }
+                        None => ident(table),
+                    };
+                    statements.push(format!("GRANT {WRITE} ON TABLE {table} TO {name}"));
+                    // The sequences behind its serial and identity columns, and no other.
+                    statements.push(format!(
+                        "DO $$ DECLARE s regclass; BEGIN FOR s IN SELECT d.objid::regclass FROM pg_depend d \
+                         JOIN pg_class c ON c.oid = d.objid WHERE c.relkind = 'S' AND d.classid = 'pg_class'::regclass \
+                         AND d.refobjid = '{}'::regclass LOOP \
+                         EXECUTE format('GRANT USAGE, SELECT ON SEQUENCE %s TO {name}', s); END LOOP; END $$",
+                        table.replace('\'', "''")
+                    ));
+                }
+                TableGrant::Schema(schema) => {
+                    let schema = ident(schema);
+                    statements.push(format!("GRANT USAGE ON SCHEMA {schema} TO {name}"));
+                    statements.push(format!("GRANT {WRITE} ON ALL TABLES IN SCHEMA {schema} TO {name}"));
+                    statements.push(format!("GRANT USAGE, SELECT ON ALL SEQUENCES IN SCHEMA {schema} TO {name}"));
+                }
+            }
+        }
+        if transactional {
+            statements.push(format!("GRANT SELECT, INSERT ON TABLE {} TO {name}", login.inbox));
+            statements.push(format!("GRANT INSERT ON TABLE {} TO {name}", login.outbox));
+            statements.push(format!("GRANT USAGE ON SEQUENCE {}_id_seq TO {name}", login.outbox));
+        }
+        statements
+    }
+
+    fn cancel_overdue<'a>(
+        conn: &'a mut PgConnection,
+        login: &'a str,
+        limit: Duration,
+    ) -> BoxFuture<'a, Result<u64, sqlx::Error>> {
+        Box::pin(async move {
+            let found = conn
+                .fetch(
+                    "SELECT count(pg_cancel_backend(pid)) FROM pg_stat_activity WHERE usename = $1 \
+                     AND state = 'active' AND query_start < now() - make_interval(secs => $2)",
+                    &[Value::Text(login.to_string()), Value::Float(limit.as_secs_f64())],
+                )
+                .await?;
+            Ok(match found.rows.first().and_then(|r| r.first()) {
+                Some(Value::Int(n)) => *n as u64,
+                _ => 0,
+            })
+        })
+    }
+
     fn prepare(sql: String) -> String {
         number_question_marks(&sql)
     }
+}
+
+/// A name as PostgreSQL folds an unquoted one, quoted, so a table called
+/// `order` or `user` can be granted too.
+fn ident(name: &str) -> String {
+    format!("\"{}\"", name.to_lowercase())
 }
 
 sql_connection!(PgConnection, bind, decode);

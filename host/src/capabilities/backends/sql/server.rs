@@ -8,18 +8,19 @@
 //! the same table and columns coalesced into multi-row statements (see
 //! [`super::plan`]). Reads go straight to the pool.
 
-use std::marker::PhantomData;
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, OnceLock};
+use std::time::Duration;
 
 use async_trait::async_trait;
 use futures::future::BoxFuture;
 
+use super::logins::{Login, SECRET_TABLE, new_secret, outbox_key, sign};
 use super::plan::{Placeholders, Plan, Planner, Statement1, Unit};
 use crate::capabilities::backends::batch::Batcher;
-use crate::config::SqlServerConfig;
+use crate::config::{SqlServerConfig, TableGrant};
 use crate::contract::bindings::db::{RowSet, Value};
 use crate::contract::bindings::publish::Outgoing;
-use crate::contract::db::{Begun, DbBackend, DbTransaction, InboxKey, InboxOutcome, SqlDialect};
+use crate::contract::db::{Begun, DbBackend, DbTransaction, InboxKey, InboxOutcome, SqlDialect, TenantAccess};
 use crate::contract::errors::BackendError;
 use crate::contract::headers;
 use crate::contract::publish::Publisher;
@@ -91,10 +92,34 @@ pub trait Dialect: Send + Sync + 'static {
     /// Its placeholders.
     const PLACEHOLDERS: Placeholders;
     /// The tables and statements of transactional routes, written once per
-    /// dialect so no message pays for rewriting placeholders.
+    /// dialect so no message pays for rewriting placeholders. They name the
+    /// shared `switchyard_inbox` and `switchyard_outbox`; a tenant login's
+    /// own tables replace those names.
     const TRANSACTIONS: &'static TransactionStatements;
-    /// Open a pool to `config.url`, every connection set up for handlers.
-    fn connect(config: &SqlServerConfig) -> BoxFuture<'_, Result<sqlx::Pool<Self::Db>, BackendError>>;
+    /// The query naming the database a connection is in.
+    const DATABASE: &'static str;
+    /// Creates the secret table, then adds a secret (its one parameter)
+    /// unless it holds one.
+    const SECRET: [&'static str; 2];
+    /// Open a pool to `config.url`, every connection set up for handlers: as
+    /// the login in the URL, or as a tenant's login, every statement of which
+    /// the server stops after the given time.
+    fn connect<'a>(
+        config: &'a SqlServerConfig,
+        tenant: Option<(&'a Login, Duration)>,
+    ) -> BoxFuture<'a, Result<sqlx::Pool<Self::Db>, BackendError>>;
+    /// The statements that create `login` or bring it up to date, take back
+    /// whatever it was granted before, and grant it `grants` in `database`
+    /// (and, when `transactional`, reading and adding to its inbox and
+    /// adding to its outbox).
+    fn provision(database: &str, login: &Login, grants: &[TableGrant<'_>], transactional: bool) -> Vec<String>;
+    /// Cancel the statements `login` has had running for longer than
+    /// `limit`; how many.
+    fn cancel_overdue<'a>(
+        conn: &'a mut <Self::Db as sqlx::Database>::Connection,
+        login: &'a str,
+        limit: Duration,
+    ) -> BoxFuture<'a, Result<u64, sqlx::Error>>;
     /// `sql` as the server runs it.
     fn prepare(sql: String) -> String {
         sql
@@ -105,6 +130,9 @@ pub trait Dialect: Send + Sync + 'static {
 pub struct TransactionStatements {
     /// Creates the inbox and the outbox.
     pub tables: [&'static str; 2],
+    /// Adds the signature column to an outbox made before rows were signed;
+    /// an error that the column exists means it has one.
+    pub signature_column: &'static str,
     /// Finds a message's inbox row: its outcome, if any.
     pub lookup: &'static str,
     /// Records a message's outcome.
@@ -117,20 +145,70 @@ pub struct TransactionStatements {
 
 /// The relay's claim on the oldest outbox rows: locked until its transaction
 /// ends, and skipped by any other relay meanwhile.
-const CLAIM_OUTBOX: &str = "SELECT id, message_id, destination, payload, headers, msg_key FROM switchyard_outbox \
-                            ORDER BY id LIMIT {limit} FOR UPDATE SKIP LOCKED";
+const CLAIM_OUTBOX: &str = "SELECT id, message_id, destination, payload, headers, msg_key, signature \
+                            FROM switchyard_outbox ORDER BY id LIMIT {limit} FOR UPDATE SKIP LOCKED";
 
-/// A PostgreSQL or MySQL/MariaDB db backend.
+/// How often a tenant's overdue statements are looked for.
+const WATCHDOG: Duration = Duration::from_secs(1);
+
+/// The transaction statements of one inbox and outbox pair.
+struct Transactions {
+    outbox: String,
+    tables: Vec<String>,
+    signature_column: String,
+    lookup: String,
+    insert_inbox: String,
+    insert_outbox: String,
+    delete_outbox: String,
+    claim: String,
+}
+
+impl Transactions {
+    /// `statements` on the tables `inbox` and `outbox`.
+    fn on(statements: &TransactionStatements, inbox: &str, outbox: &str) -> Self {
+        let name = |sql: &str| sql.replace("switchyard_inbox", inbox).replace("switchyard_outbox", outbox);
+        Self {
+            outbox: outbox.to_string(),
+            tables: statements.tables.iter().map(|sql| name(sql)).collect(),
+            signature_column: name(statements.signature_column),
+            lookup: name(statements.lookup),
+            insert_inbox: name(statements.insert_inbox),
+            insert_outbox: name(statements.insert_outbox),
+            delete_outbox: name(statements.delete_outbox),
+            claim: name(CLAIM_OUTBOX),
+        }
+    }
+}
+
+/// Aborts a background task when dropped.
+struct AbortOnDrop(tokio::task::AbortHandle);
+
+impl Drop for AbortOnDrop {
+    fn drop(&mut self) {
+        self.0.abort();
+    }
+}
+
+/// A PostgreSQL or MySQL/MariaDB db backend, as the host's own login or as
+/// one tenant's.
 pub struct SqlServer<D: Dialect> {
+    /// Where handlers' statements run.
     pool: sqlx::Pool<D::Db>,
+    /// The host's own login, which relays the outbox and cancels a tenant's
+    /// overdue statements; the same pool as `pool` unless this is a tenant's.
+    host: sqlx::Pool<D::Db>,
     writer: Batcher<Statement1, u64>,
-    dialect: PhantomData<D>,
+    config: SqlServerConfig,
+    transactions: Arc<Transactions>,
+    /// Signs outbox rows, once the outbox is prepared.
+    key: OnceLock<Arc<[u8]>>,
+    _watchdog: Option<AbortOnDrop>,
 }
 
 impl<D: Dialect> SqlServer<D> {
     /// Connect to `config.url` and run the `init` statements in order.
     pub async fn open(config: &SqlServerConfig) -> Result<Self, BackendError> {
-        let pool = D::connect(config).await?;
+        let pool = D::connect(config, None).await?;
         let address = format!("{} at {}", D::TYPE, redact(&config.url));
         let mut conn = pool.acquire().await.map_err(|e| BackendError::Unavailable(format!("{address}: {e}")))?;
         for statement in &config.init {
@@ -139,17 +217,95 @@ impl<D: Dialect> SqlServer<D> {
                 .map_err(|e| BackendError::Invalid(format!("{address}: init statement {statement:?} failed: {e}")))?;
         }
         drop(conn);
+        let transactions = Transactions::on(D::TRANSACTIONS, "switchyard_inbox", "switchyard_outbox");
+        Ok(Self::with_pools(pool.clone(), pool, config, transactions, None))
+    }
+
+    fn with_pools(
+        pool: sqlx::Pool<D::Db>,
+        host: sqlx::Pool<D::Db>,
+        config: &SqlServerConfig,
+        transactions: Transactions,
+        watchdog: Option<AbortOnDrop>,
+    ) -> Self {
         let planner = Arc::new(Mutex::new(Planner::new(D::PLACEHOLDERS)));
         let writer_pool = pool.clone();
         let writer = Batcher::spawn(D::TYPE, config.max_batch, move |batch| {
             write::<D>(writer_pool.clone(), planner.clone(), batch)
         });
-        Ok(Self { pool, writer, dialect: PhantomData })
+        let transactions = Arc::new(transactions);
+        Self { pool, host, writer, config: config.clone(), transactions, key: OnceLock::new(), _watchdog: watchdog }
     }
 
     async fn connection(&self) -> Result<sqlx::pool::PoolConnection<D::Db>, BackendError> {
         self.pool.acquire().await.map_err(|e| classify(D::TYPE, e))
     }
+
+    /// Create this backend's inbox and outbox on the host's login (a tenant
+    /// may not create tables), and derive the key its outbox rows are signed with.
+    async fn create_transaction_tables(&self) -> Result<(), BackendError> {
+        let classify = |e| classify(D::TYPE, e);
+        let mut conn = self.host.acquire().await.map_err(classify)?;
+        let secret = secret::<D>(&mut *conn).await?;
+        for ddl in &self.transactions.tables {
+            conn.run(ddl, &[]).await.map_err(classify)?;
+        }
+        match conn.run(&self.transactions.signature_column, &[]).await {
+            Err(sqlx::Error::Database(e)) if matches!(e.code().as_deref(), Some("42S21" | "42701")) => {}
+            other => drop(other.map_err(classify)?),
+        }
+        let _ = self.key.set(outbox_key(&secret, &self.transactions.outbox).into());
+        Ok(())
+    }
+
+    fn signing_key(&self) -> Result<Arc<[u8]>, BackendError> {
+        self.key
+            .get()
+            .cloned()
+            .ok_or_else(|| BackendError::Unavailable(format!("{}: the inbox and outbox are not prepared yet", D::TYPE)))
+    }
+}
+
+/// The secret logins and outbox signatures derive from, made by the first
+/// host that needs it.
+async fn secret<D: Dialect>(conn: &mut <D::Db as sqlx::Database>::Connection) -> Result<Vec<u8>, BackendError> {
+    let classify = |e| classify(D::TYPE, e);
+    let fresh =
+        new_secret().map_err(|e| BackendError::Unavailable(format!("{}: no randomness for a secret: {e}", D::TYPE)))?;
+    conn.run(D::SECRET[0], &[]).await.map_err(classify)?;
+    conn.run(D::SECRET[1], &[Value::Text(fresh)]).await.map_err(classify)?;
+    let found = conn.fetch(&format!("SELECT secret FROM {SECRET_TABLE} WHERE id = 1"), &[]).await.map_err(classify)?;
+    match found.rows.first().and_then(|row| row.first()) {
+        Some(Value::Text(secret)) if !secret.is_empty() => Ok(secret.as_bytes().to_vec()),
+        _ => Err(BackendError::Invalid(format!("{}: {SECRET_TABLE} holds no secret", D::TYPE))),
+    }
+}
+
+/// Cancel `login`'s statements that outlive `limit`, every [`WATCHDOG`],
+/// on the host's own login: the server's own timeout is the first bound,
+/// and a tenant's session can change it.
+fn watchdog<D: Dialect>(host: sqlx::Pool<D::Db>, login: String, limit: Duration) -> AbortOnDrop {
+    let task = tokio::spawn(async move {
+        let mut tick = tokio::time::interval(WATCHDOG);
+        loop {
+            tick.tick().await;
+            let Ok(mut conn) = host.acquire().await else { continue };
+            match D::cancel_overdue(&mut *conn, &login, limit + WATCHDOG).await {
+                Ok(0) => {}
+                Ok(cancelled) => tracing::warn!(
+                    backend = D::TYPE,
+                    login = %login,
+                    cancelled,
+                    limit_ms = limit.as_millis() as u64,
+                    "cancelled a tenant's statements that ran past its longest deadline"
+                ),
+                Err(e) => {
+                    tracing::debug!(backend = D::TYPE, login = %login, error = %e, "cannot look for overdue statements")
+                }
+            }
+        }
+    });
+    AbortOnDrop(task.abort_handle())
 }
 
 #[async_trait]
@@ -172,48 +328,103 @@ impl<D: Dialect> DbBackend for SqlServer<D> {
     }
 
     async fn prepare_transactions(&self) -> Result<(), BackendError> {
-        let mut conn = self.connection().await?;
-        for ddl in D::TRANSACTIONS.tables {
-            conn.run(ddl, &[]).await.map_err(|e| classify(D::TYPE, e))?;
-        }
-        Ok(())
+        self.create_transaction_tables().await
     }
 
     async fn begin(&self, inbox: &InboxKey) -> Result<Begun, BackendError> {
         let classify = |e| classify(D::TYPE, e);
+        let signing = self.signing_key()?;
         let key = [Value::Text(inbox.route.clone()), Value::Text(inbox.message.clone())];
-        let found = self.connection().await?.fetch(D::TRANSACTIONS.lookup, &key).await.map_err(classify)?;
+        let found = self.connection().await?.fetch(&self.transactions.lookup, &key).await.map_err(classify)?;
         if let Some(Value::Text(outcome)) = found.rows.first().and_then(|row| row.first()) {
             return Ok(Begun::Settled(InboxOutcome::parse(outcome)));
         }
         let tx = self.pool.begin().await.map_err(classify)?;
-        Ok(Begun::Transaction(Box::new(ServerTransaction::<D>(tx))))
+        Ok(Begun::Transaction(Box::new(ServerTransaction::<D> {
+            tx,
+            transactions: self.transactions.clone(),
+            signing,
+        })))
     }
 
     async fn relay(&self, publisher: &dyn Publisher, limit: usize) -> Result<usize, BackendError> {
         let classify = |e| classify(D::TYPE, e);
-        let mut tx = self.pool.begin().await.map_err(classify)?;
-        let claim = CLAIM_OUTBOX.replace("{limit}", &limit.to_string());
+        let signing = self.signing_key()?;
+        let mut tx = self.host.begin().await.map_err(classify)?;
+        let claim = self.transactions.claim.replace("{limit}", &limit.to_string());
         let claimed = tx.fetch(&claim, &[]).await.map_err(classify)?;
-        let sent = send_claimed::<D>(&mut *tx, claimed, publisher).await?;
+        let sent = send_claimed::<D>(&mut *tx, &self.transactions, &signing, claimed, publisher).await?;
         if sent > 0 {
             tx.commit().await.map_err(classify)?;
         }
         Ok(sent)
     }
+
+    async fn for_tenant(&self, tenant: &TenantAccess) -> Result<Option<Arc<dyn DbBackend>>, BackendError> {
+        let grants = tenant
+            .tables
+            .iter()
+            .map(|t| TableGrant::parse(t))
+            .collect::<Result<Vec<_>, _>>()
+            .map_err(|e| BackendError::Invalid(format!("tenant {:?}: {e}", tenant.tenant)))?;
+        // With no tables the statement check refuses every statement, so none
+        // reaches the server; `*` is the host's own login, by the config's word.
+        if !self.config.tenant_logins || grants.is_empty() || grants.contains(&TableGrant::All) {
+            return Ok(None);
+        }
+        let classify = |e| classify(D::TYPE, e);
+        let mut conn = self.host.acquire().await.map_err(classify)?;
+        let database = match conn.fetch(D::DATABASE, &[]).await.map_err(classify)?.rows.first().and_then(|r| r.first())
+        {
+            Some(Value::Text(name)) => name.clone(),
+            _ => return Err(BackendError::Invalid(format!("{}: the url names no database", D::TYPE))),
+        };
+        let secret = secret::<D>(&mut *conn).await?;
+        let login = Login::new(&self.config.login_prefix, &database, &tenant.tenant, &secret);
+        let transactions = Transactions::on(D::TRANSACTIONS, &login.inbox, &login.outbox);
+        if tenant.transactional {
+            for ddl in &transactions.tables {
+                conn.run(ddl, &[]).await.map_err(classify)?;
+            }
+        }
+        for statement in D::provision(&database, &login, &grants, tenant.transactional) {
+            conn.run(&statement, &[]).await.map_err(|e| {
+                BackendError::Invalid(format!(
+                    "{}: cannot set up the login {} of tenant {:?}: `{}` failed: {e}",
+                    D::TYPE,
+                    login.name,
+                    tenant.tenant,
+                    statement.replace(&login.password, "***")
+                ))
+            })?;
+        }
+        drop(conn);
+        let pool = D::connect(&self.config, Some((&login, tenant.statement_timeout))).await?;
+        let watchdog = watchdog::<D>(self.host.clone(), login.name.clone(), tenant.statement_timeout);
+        let server = Self::with_pools(pool, self.host.clone(), &self.config, transactions, Some(watchdog));
+        if tenant.transactional {
+            server.create_transaction_tables().await?;
+        }
+        tracing::info!(backend = D::TYPE, tenant = %tenant.tenant, login = %login.name, "tenant runs as its own login");
+        Ok(Some(Arc::new(server)))
+    }
 }
 
 /// The open transaction of one invocation.
-struct ServerTransaction<D: Dialect>(sqlx::Transaction<'static, D::Db>);
+struct ServerTransaction<D: Dialect> {
+    tx: sqlx::Transaction<'static, D::Db>,
+    transactions: Arc<Transactions>,
+    signing: Arc<[u8]>,
+}
 
 #[async_trait]
 impl<D: Dialect> DbTransaction for ServerTransaction<D> {
     async fn execute(&mut self, sql: &str, params: Vec<Value>) -> Result<u64, BackendError> {
-        self.0.run(sql, &params).await.map_err(|e| classify(D::TYPE, e))
+        self.tx.run(sql, &params).await.map_err(|e| classify(D::TYPE, e))
     }
 
     async fn query(&mut self, sql: &str, params: Vec<Value>) -> Result<RowSet, BackendError> {
-        self.0.fetch(sql, &params).await.map_err(|e| classify(D::TYPE, e))
+        self.tx.fetch(sql, &params).await.map_err(|e| classify(D::TYPE, e))
     }
 
     async fn commit(
@@ -222,10 +433,11 @@ impl<D: Dialect> DbTransaction for ServerTransaction<D> {
         outcome: InboxOutcome,
         outbox: &[Outgoing],
     ) -> Result<bool, BackendError> {
-        if !record_settlement::<D>(&mut *self.0, inbox, outcome, outbox).await? {
+        let ServerTransaction { mut tx, transactions, signing } = *self;
+        if !record_settlement::<D>(&mut *tx, &transactions, &signing, inbox, outcome, outbox).await? {
             return Ok(false);
         }
-        self.0.commit().await.map_err(|e| classify(D::TYPE, e))?;
+        tx.commit().await.map_err(|e| classify(D::TYPE, e))?;
         Ok(true)
     }
 }
@@ -355,6 +567,8 @@ fn fail_rest(
 /// `conn`, inside the transaction that claimed them; how many were sent.
 async fn send_claimed<D: Dialect>(
     conn: &mut <D::Db as sqlx::Database>::Connection,
+    transactions: &Transactions,
+    signing: &[u8],
     claimed: RowSet,
     publisher: &dyn Publisher,
 ) -> Result<usize, BackendError> {
@@ -364,9 +578,10 @@ async fn send_claimed<D: Dialect>(
     }
     let mut ids = Vec::with_capacity(count);
     let mut messages = Vec::with_capacity(count);
+    let mut forged = 0;
     for row in claimed.rows {
         let malformed = || BackendError::Invalid(format!("{}: an outbox row has unexpected columns", D::TYPE));
-        let [id, message_id, destination, payload, stored_headers, key]: [Value; 6] =
+        let [id, message_id, destination, payload, stored_headers, key, signature]: [Value; 7] =
             row.try_into().map_err(|_| malformed())?;
         let (
             Value::Int(id),
@@ -378,23 +593,38 @@ async fn send_claimed<D: Dialect>(
         else {
             return Err(malformed());
         };
-        let mut headers: Vec<(String, String)> = serde_json::from_str(&stored_headers).unwrap_or_default();
-        headers.push((headers::MESSAGE_ID.to_string(), message_id));
         let key = match key {
             Value::Text(key) => Some(key),
             _ => None,
         };
         ids.push(Value::Int(id));
-        messages.push(Outgoing { destination, payload, headers, key });
+        let mut message = Outgoing { destination, payload, headers: Vec::new(), key };
+        // Only the host signs; a row a tenant wrote at the server itself is
+        // deleted unsent.
+        if !matches!(&signature, Value::Text(s) if *s == sign(signing, &message_id, &message, &stored_headers)) {
+            forged += 1;
+            tracing::error!(
+                backend = D::TYPE,
+                outbox = %transactions.outbox,
+                destination = %message.destination,
+                "an outbox row the host did not sign is dropped unsent"
+            );
+            continue;
+        }
+        message.headers = serde_json::from_str(&stored_headers).unwrap_or_default();
+        message.headers.push((headers::MESSAGE_ID.to_string(), message_id));
+        messages.push(message);
     }
-    publisher.publish(messages).await?;
+    if !messages.is_empty() {
+        publisher.publish(messages).await?;
+    }
     let marks: Vec<String> = match D::PLACEHOLDERS {
         Placeholders::Numbered => (1..=count).map(|n| format!("${n}")).collect(),
         Placeholders::Question => vec!["?".to_string(); count],
     };
-    let delete = format!("{} ({})", D::TRANSACTIONS.delete_outbox, marks.join(", "));
+    let delete = format!("{} ({})", transactions.delete_outbox, marks.join(", "));
     conn.run(&delete, &ids).await.map_err(|e| classify(D::TYPE, e))?;
-    Ok(count)
+    Ok(count - forged)
 }
 
 /// Write the inbox row and the outbox rows of one invocation inside its open
@@ -402,28 +632,32 @@ async fn send_claimed<D: Dialect>(
 /// delivery committed it first, and this transaction must roll back.
 async fn record_settlement<D: Dialect>(
     conn: &mut <D::Db as sqlx::Database>::Connection,
+    statements: &Transactions,
+    signing: &[u8],
     inbox: &InboxKey,
     outcome: InboxOutcome,
     outbox: &[Outgoing],
 ) -> Result<bool, BackendError> {
-    let statements = D::TRANSACTIONS;
     let params =
         [Value::Text(inbox.route.clone()), Value::Text(inbox.message.clone()), Value::Text(outcome.as_str().into())];
-    match conn.run(statements.insert_inbox, &params).await {
+    match conn.run(&statements.insert_inbox, &params).await {
         Ok(_) => {}
         Err(sqlx::Error::Database(e)) if e.is_unique_violation() => return Ok(false),
         Err(e) => return Err(classify(D::TYPE, e)),
     }
     for (n, message) in outbox.iter().enumerate() {
         let headers = serde_json::to_string(&message.headers).unwrap_or_else(|_| "[]".into());
+        let message_id = format!("{}#{n}", inbox.message);
+        let signature = sign(signing, &message_id, message, &headers);
         let params = [
-            Value::Text(format!("{}#{n}", inbox.message)),
+            Value::Text(message_id),
             Value::Text(message.destination.clone()),
             Value::Bytes(message.payload.clone()),
             Value::Text(headers),
             message.key.clone().map_or(Value::Null, Value::Text),
+            Value::Text(signature),
         ];
-        conn.run(statements.insert_outbox, &params).await.map_err(|e| classify(D::TYPE, e))?;
+        conn.run(&statements.insert_outbox, &params).await.map_err(|e| classify(D::TYPE, e))?;
     }
     Ok(true)
 }
