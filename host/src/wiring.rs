@@ -21,7 +21,7 @@ use crate::capabilities::backends::sql::postgres::Postgres;
 use crate::capabilities::backends::sql::server::SqlServer;
 use crate::capabilities::backends::sqlite::SqliteDb;
 use crate::capabilities::backends::tantivy::TantivySearch;
-use crate::capabilities::context::{Backends, Capabilities};
+use crate::capabilities::context::{Backends, Capabilities, OutputLimits};
 use crate::config::{
     AdminConfig, CacheBackendConfig, Config, ConfigError, DbBackendConfig, FileConfig, HttpConfig, Limits,
     SearchBackendConfig, SourceConfig,
@@ -79,7 +79,9 @@ pub fn runtime_options(config: &Config) -> RuntimeOptions {
     RuntimeOptions {
         cache_dir: Some(config.data_dir.join("compiled")),
         max_memory_mib: limits.iter().map(|l| l.memory_mib).max().unwrap_or(64),
-        fuel: limits.iter().any(|l| l.fuel.is_some()),
+        // A tenant's fuel quota caps every invocation of its handlers, so it
+        // turns metering on as a handler's own fuel limit does.
+        fuel: limits.iter().any(|l| l.fuel.is_some()) || config.tenants.values().any(|t| t.quotas.fuel.is_some()),
         ..RuntimeOptions::default()
     }
 }
@@ -232,7 +234,14 @@ impl Host {
         let mut caps: BTreeMap<&String, Arc<Capabilities>> = BTreeMap::new();
         for (name, tenant) in &config.tenants {
             let backends = tenant_backends(config, name, &backends).await?;
-            caps.insert(name, Arc::new(Capabilities { backends, grants: tenant.grants.clone() }));
+            let q = &tenant.quotas;
+            let d = OutputLimits::default();
+            let output = OutputLimits {
+                max_publishes: q.max_publishes.unwrap_or(d.max_publishes),
+                max_publish_bytes: q.max_publish_bytes.unwrap_or(d.max_publish_bytes),
+                max_log_bytes: q.max_log_bytes.unwrap_or(d.max_log_bytes),
+            };
+            caps.insert(name, Arc::new(Capabilities { backends, grants: tenant.grants.clone(), output }));
         }
 
         let mut routes = Vec::new();
@@ -264,6 +273,9 @@ impl Host {
             if let Some(broker) = broker {
                 publisher.add_broker(name, broker);
             }
+            if let Some(lost) = built.lost() {
+                stats.track_lost(name, lost);
+            }
             sources.push((name.clone(), built));
         }
 
@@ -277,7 +289,8 @@ impl Host {
         }
         let relay = (!outboxes.is_empty()).then(|| Arc::new(Relay::new(outboxes)));
         let runtime = registry.runtime().clone();
-        let dispatcher = Dispatcher::new(runtime, routes, Arc::new(publisher), relay, stats.clone());
+        let grace = Duration::from_millis(config.shutdown_grace_ms);
+        let dispatcher = Dispatcher::new(runtime, routes, Arc::new(publisher), relay, stats.clone(), grace);
         Ok(Self { dispatcher, sources, local, registry, stats, admin: config.admin.clone(), progress: false })
     }
 
@@ -306,7 +319,7 @@ impl Host {
         let admin_stop = CancellationToken::new();
         if let Some(admin) = admin {
             if let Some(listen) = admin.listen.as_deref().and_then(|l| l.parse().ok()) {
-                let server = Admin::new(registry.clone(), admin.token.clone(), ready.clone());
+                let server = Admin::new(registry.clone(), stats.clone(), admin.token.clone(), ready.clone());
                 let stop = admin_stop.clone();
                 tokio::spawn(async move {
                     if let Err(e) = server.serve(listen, stop).await {

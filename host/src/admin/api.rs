@@ -26,6 +26,7 @@ use serde_json::json;
 use tokio_util::sync::CancellationToken;
 
 use super::metrics;
+use crate::dispatch::stats::Stats;
 use crate::runtime::registry::{DeployError, Registry};
 
 /// The largest .wasm the API accepts.
@@ -35,14 +36,15 @@ const MAX_WASM: usize = 256 << 20;
 #[derive(Clone)]
 pub struct Admin {
     registry: Arc<Registry>,
+    stats: Arc<Stats>,
     token: Option<Arc<str>>,
     ready: Arc<AtomicBool>,
 }
 
 impl Admin {
     /// Admin state over `registry`; deploy calls need `token` as a bearer token.
-    pub fn new(registry: Arc<Registry>, token: Option<String>, ready: Arc<AtomicBool>) -> Self {
-        Self { registry, token: token.map(Into::into), ready }
+    pub fn new(registry: Arc<Registry>, stats: Arc<Stats>, token: Option<String>, ready: Arc<AtomicBool>) -> Self {
+        Self { registry, stats, token: token.map(Into::into), ready }
     }
 
     fn authorized(&self, headers: &HeaderMap) -> bool {
@@ -158,7 +160,8 @@ async fn list(State(admin): State<Admin>) -> Response {
 }
 
 async fn metrics_text(State(admin): State<Admin>) -> Response {
-    let text = metrics::render(admin.registry.slots().map(|s| (&*s.tenant, &*s.handler, &s.metrics)));
+    let mut text = metrics::render(admin.registry.slots().map(|s| (&*s.tenant, &*s.handler, &s.metrics)));
+    text.push_str(&metrics::render_sources(&admin.stats.lost_by_source()));
     ([("content-type", "text/plain; version=0.0.4")], text).into_response()
 }
 

@@ -15,7 +15,7 @@ pub fn render<'a>(handlers: impl Iterator<Item = (&'a str, &'a str, &'a HandlerM
     let mut out = String::new();
     // Name, type, help, and how to read it from a handler's metrics.
     type Counter = (&'static str, &'static str, &'static str, fn(&HandlerMetrics) -> u64);
-    let counters: [Counter; 5] = [
+    let counters: [Counter; 6] = [
         ("switchyard_messages_handled_total", "counter", "Messages acked after the handler returned ok.", |m| {
             m.handled.load(Ordering::Relaxed)
         }),
@@ -29,6 +29,12 @@ pub fn render<'a>(handlers: impl Iterator<Item = (&'a str, &'a str, &'a HandlerM
             "counter",
             "WebAssembly fuel consumed, for handlers with a fuel limit.",
             |m| m.fuel.load(Ordering::Relaxed),
+        ),
+        (
+            "switchyard_log_lines_dropped_total",
+            "counter",
+            "Handler log lines dropped past the tenant's max_log_bytes for one message.",
+            |m| m.log_lines_dropped.load(Ordering::Relaxed),
         ),
     ];
     for (name, kind, help, get) in counters {
@@ -81,4 +87,16 @@ mod tests {
             text.contains("switchyard_handler_duration_seconds_count{tenant=\"shop\",handler=\"say \\\"hi\\\"\"} 3")
         );
     }
+}
+
+/// The messages each at-most-once source lost.
+pub fn render_sources(lost: &[(String, u64)]) -> String {
+    let name = "switchyard_source_messages_lost_total";
+    let mut out = format!(
+        "# HELP {name} Messages an at-most-once source (core NATS) dropped before the host got them.\n# TYPE {name} counter\n"
+    );
+    for (source, count) in lost {
+        let _ = writeln!(out, "{name}{{source=\"{}\"}} {count}", escape(source));
+    }
+    out
 }

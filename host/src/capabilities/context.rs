@@ -37,7 +37,33 @@ pub struct Capabilities {
     pub backends: Arc<Backends>,
     /// The tenant's grants.
     pub grants: Grants,
+    /// What one message may publish and log.
+    pub output: OutputLimits,
 }
+
+/// What one message may publish and log: the host keeps everything a
+/// handler publishes until it returns, and writes every line it logs, so
+/// both are bounded per message.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct OutputLimits {
+    /// Publishes and compensations, counted together.
+    pub max_publishes: usize,
+    /// Their payloads, headers and keys, in bytes, summed.
+    pub max_publish_bytes: usize,
+    /// Bytes of log lines; lines past it are dropped and counted.
+    pub max_log_bytes: usize,
+}
+
+impl Default for OutputLimits {
+    fn default() -> Self {
+        Self { max_publishes: 1000, max_publish_bytes: MAX_VALUE_BYTES, max_log_bytes: 64 << 10 }
+    }
+}
+
+/// The longest key a published message may have.
+pub const MAX_KEY_BYTES: usize = 4 << 10;
+/// The most bytes of headers a published message may have.
+pub const MAX_HEADER_BYTES: usize = 64 << 10;
 
 impl Capabilities {
     /// Every capability granted without limit; for `switchyard invoke` and tests.
@@ -51,6 +77,7 @@ impl Capabilities {
                 search_prefixes: all,
                 publish: vec!["*".into()],
             },
+            output: OutputLimits::default(),
         }
     }
 }
@@ -83,12 +110,29 @@ pub struct CapabilityCtx {
     pub effects: Option<Vec<Effect>>,
     /// Identifies the invocation in the handler's log lines.
     pub(crate) log: LogContext,
+    /// Bytes published so far (payloads, headers, keys).
+    pub(crate) published_bytes: usize,
+    /// Bytes logged so far.
+    pub(crate) logged_bytes: usize,
+    /// Log lines dropped past the limit.
+    pub log_lines_dropped: u64,
 }
 
 impl CapabilityCtx {
     /// The state of one invocation with `access`, answering `reply_to`.
     pub fn new(access: Arc<Capabilities>, reply_to: Option<String>, log: LogContext) -> Self {
-        Self { access, reply_to, outbox: Vec::new(), compensations: Vec::new(), transaction: None, effects: None, log }
+        Self {
+            access,
+            reply_to,
+            outbox: Vec::new(),
+            compensations: Vec::new(),
+            transaction: None,
+            effects: None,
+            log,
+            published_bytes: 0,
+            logged_bytes: 0,
+            log_lines_dropped: 0,
+        }
     }
 
     /// Record a capability call, if a record was asked for.

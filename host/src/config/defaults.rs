@@ -18,6 +18,12 @@ pub fn sql_max_connections() -> u32 {
 pub fn sql_max_batch() -> usize {
     1_000
 }
+pub fn nats_pending_messages() -> usize {
+    65_536
+}
+pub fn shutdown_grace_ms() -> u64 {
+    30_000
+}
 pub fn login_prefix() -> String {
     "switchyard_".into()
 }

@@ -88,6 +88,13 @@ pub struct Config {
     /// The admin API and the watched deploy directory. Off unless set.
     #[serde(default)]
     pub admin: Option<AdminConfig>,
+
+    /// How long, after a stop signal, messages in flight may take to finish
+    /// and settle, in milliseconds. What is still unsettled then is left to
+    /// its broker, which delivers it again, and the host exits. Example:
+    /// `shutdown_grace_ms = 30000` (the default).
+    #[serde(default = "defaults::shutdown_grace_ms")]
+    pub shutdown_grace_ms: u64,
 }
 
 /// The admin API: deploys, metrics and probes.

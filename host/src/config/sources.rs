@@ -144,6 +144,14 @@ pub struct NatsConfig {
     /// `switchyard.dead-letter.<source name>`.
     #[serde(default)]
     pub dead_letter_subject: Option<String>,
+    /// Messages the client buffers for the host per subscription. Core NATS
+    /// delivers at most once: past this the client drops messages, which the
+    /// host counts (`lost` in the progress line,
+    /// `switchyard_source_messages_lost_total`) and logs with the subject.
+    /// Use JetStream where nothing may be lost. Example:
+    /// `pending_messages = 65536` (the default).
+    #[serde(default = "defaults::nats_pending_messages")]
+    pub pending_messages: usize,
 }
 
 /// A JetStream source: a durable pull consumer on a stream.

@@ -66,6 +66,19 @@ pub struct Quotas {
     /// burst of one second's worth. Example: `rate_per_sec = 500.0`.
     #[serde(default)]
     pub rate_per_sec: Option<f64>,
+    /// Messages one invocation may publish, compensations included.
+    /// Example: `max_publishes = 1000` (the default).
+    #[serde(default)]
+    pub max_publishes: Option<usize>,
+    /// Bytes one invocation may publish in all: payloads, headers and keys.
+    /// Example: `max_publish_bytes = 16777216` (the default, 16 MiB).
+    #[serde(default)]
+    pub max_publish_bytes: Option<usize>,
+    /// Bytes of log lines one invocation may write; further lines are
+    /// dropped and counted in `switchyard_log_lines_dropped_total`.
+    /// Example: `max_log_bytes = 65536` (the default).
+    #[serde(default)]
+    pub max_log_bytes: Option<usize>,
 }
 
 impl Quotas {

@@ -79,4 +79,11 @@ pub struct Delivery {
 pub trait Source: Send {
     /// Run until done or shut down.
     async fn run(self: Box<Self>, out: mpsc::Sender<Delivery>, shutdown: CancellationToken) -> Result<(), SourceError>;
+
+    /// The count of messages this source knows it lost, for a source whose
+    /// broker delivers at most once (core NATS drops what its client cannot
+    /// buffer). The progress line and `/metrics` report it.
+    fn lost(&self) -> Option<std::sync::Arc<std::sync::atomic::AtomicU64>> {
+        None
+    }
 }

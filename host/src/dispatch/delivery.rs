@@ -113,6 +113,7 @@ pub(super) async fn process(
                     if let Some(fuel) = invocation.fuel_used {
                         metrics.fuel.fetch_add(fuel, Ordering::Relaxed);
                     }
+                    metrics.log_lines_dropped.fetch_add(invocation.log_lines_dropped, Ordering::Relaxed);
                     version.served();
                     invocation
                 };
@@ -290,11 +291,22 @@ async fn record_failure(
 /// its broker carry megabytes of "reason".
 const MAX_REASON: usize = 1024;
 
+/// The longest a settlement may take. One on a connection that died
+/// without the client noticing might otherwise never return, holding its
+/// message in flight and the host's shutdown with it.
+const SETTLE_TIMEOUT: Duration = Duration::from_secs(30);
+
 pub(super) async fn settle_or_log(settle: Box<dyn Settle>, message: &Message, settlement: Settlement) {
-    if let Err(e) = settle.settle(message, settlement).await {
+    match tokio::time::timeout(SETTLE_TIMEOUT, settle.settle(message, settlement)).await {
+        Ok(Ok(())) => {}
         // The source did not take the settlement; it will deliver the message
         // again, which at-least-once allows.
-        tracing::error!(error = %e, message_id = %message.id, "settlement failed");
+        Ok(Err(e)) => tracing::error!(error = %e, message_id = %message.id, "settlement failed"),
+        Err(_) => tracing::error!(
+            message_id = %message.id,
+            timeout_ms = SETTLE_TIMEOUT.as_millis() as u64,
+            "settlement did not complete in time; the message is left to its broker, which delivers it again"
+        ),
     }
 }
 

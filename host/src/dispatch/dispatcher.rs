@@ -18,7 +18,7 @@ use super::route::{Route, Shared};
 use super::stats::{Snapshot, Stats};
 use crate::contract::headers;
 use crate::contract::publish::Publisher;
-use crate::contract::source::{Delivery, Settlement, Source};
+use crate::contract::source::{Delivery, Settlement, Source, SourceError};
 use crate::runtime::Runtime;
 
 /// Deliveries each source may have queued before it must wait.
@@ -28,6 +28,7 @@ const SOURCE_QUEUE: usize = 256;
 pub struct Dispatcher {
     shared: Arc<Shared>,
     routes: Arc<Vec<Route>>,
+    grace: Duration,
 }
 
 impl Dispatcher {
@@ -39,6 +40,7 @@ impl Dispatcher {
         publisher: Arc<dyn Publisher>,
         relay: Option<Arc<Relay>>,
         stats: Arc<Stats>,
+        grace: Duration,
     ) -> Self {
         let shared = Arc::new(Shared {
             runtime,
@@ -48,7 +50,7 @@ impl Dispatcher {
             idle: Notify::new(),
             shutdown: CancellationToken::new(),
         });
-        Self { shared, routes: Arc::new(routes) }
+        Self { shared, routes: Arc::new(routes), grace }
     }
 
     /// Run until every source has ended and every message is settled, or
@@ -62,7 +64,7 @@ impl Dispatcher {
         shutdown: CancellationToken,
         ready: Arc<AtomicBool>,
     ) -> Snapshot {
-        let Dispatcher { shared, routes } = self;
+        let Dispatcher { shared, routes, grace } = self;
         let intake = shutdown.child_token();
         // Retry waits end on shutdown; the message stays unsettled on its
         // source and is delivered again after a restart.
@@ -104,14 +106,47 @@ impl Dispatcher {
         ready.store(true, Ordering::Relaxed);
 
         // Until the sources end by themselves, or shutdown.
-        tokio::select! {
-            _ = async { while producers.join_next().await.is_some() {} } => {}
+        let signalled = tokio::select! {
+            _ = async { while producers.join_next().await.is_some() {} } => false,
             _ = shutdown.cancelled() => {
-                tracing::info!("shutting down: intake stopped, finishing messages in flight");
+                tracing::info!(grace_ms = grace.as_millis() as u64, "shutting down: intake stopped, finishing messages in flight");
+                true
             }
-        }
+        };
         ready.store(false, Ordering::Relaxed);
         intake.cancel();
+        let tasks = Tasks { producers, consumers, relay_stop, relay_task, local_stop, local_task, local_consumer };
+        let drain = tasks.drain(&shared);
+        if !signalled {
+            drain.await;
+        } else if tokio::time::timeout(grace, drain).await.is_err() {
+            tracing::error!(
+                grace_ms = grace.as_millis() as u64,
+                unsettled = shared.stats.pending.load(Ordering::SeqCst),
+                "the shutdown grace ran out; unsettled messages are left to their brokers, which deliver them again"
+            );
+        }
+        shared.stats.snapshot()
+    }
+}
+
+/// What runs while the host runs, for the drain to wind down.
+struct Tasks {
+    producers: JoinSet<()>,
+    consumers: JoinSet<()>,
+    relay_stop: CancellationToken,
+    relay_task: Option<tokio::task::JoinHandle<()>>,
+    local_stop: CancellationToken,
+    local_task: tokio::task::JoinHandle<Result<(), SourceError>>,
+    local_consumer: tokio::task::JoinHandle<()>,
+}
+
+impl Tasks {
+    /// Once intake has stopped: let what was received finish and settle,
+    /// relay the outbox, and empty the loopback.
+    async fn drain(self, shared: &Shared) {
+        let Tasks { mut producers, mut consumers, relay_stop, relay_task, local_stop, local_task, local_consumer } =
+            self;
         while producers.join_next().await.is_some() {}
         while consumers.join_next().await.is_some() {}
         // Drain: everything received is settled, the outbox is relayed, and
@@ -139,7 +174,6 @@ impl Dispatcher {
         local_stop.cancel();
         let _ = local_task.await;
         let _ = local_consumer.await;
-        shared.stats.snapshot()
     }
 }
 

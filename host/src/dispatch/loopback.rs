@@ -24,7 +24,8 @@ use crate::sources::dead_letter::DeadLetterFile;
 /// The source name of looped-back messages.
 pub const LOCAL: &str = "local";
 
-/// How many published messages may wait for the router before publishers wait.
+/// How many published messages may wait for the router; past that a publish
+/// to `local` fails as `unavailable` (and is retried) instead of waiting.
 const CAPACITY: usize = 4096;
 
 /// The `local` publisher: sends published messages into the local source.
@@ -54,7 +55,23 @@ pub fn loopback(dead_letter: Arc<DeadLetterFile>, stats: Arc<Stats>) -> (LocalPu
 impl Publisher for LocalPublisher {
     async fn publish(&self, messages: Vec<Outgoing>) -> Result<(), BackendError> {
         let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_millis() as u64).ok();
-        for m in messages {
+        // Room for all of them now, or the publish fails: a handler whose
+        // messages loop back to itself would otherwise wait on itself, and
+        // with it every other publisher to `local`.
+        let permits = match self.tx.try_reserve_many(messages.len()) {
+            Ok(permits) => permits,
+            Err(mpsc::error::TrySendError::Full(())) => {
+                return Err(BackendError::Unavailable(format!(
+                    "the local loopback is full ({} of {CAPACITY} places free for {} messages)",
+                    self.tx.capacity(),
+                    messages.len()
+                )));
+            }
+            Err(mpsc::error::TrySendError::Closed(())) => {
+                return Err(BackendError::Unavailable("the local loopback has stopped".into()));
+            }
+        };
+        for (permit, m) in permits.zip(messages) {
             let message = Message {
                 id: format!("local-{}-{}", self.run, self.next_id.fetch_add(1, Ordering::Relaxed)),
                 source: LOCAL.to_string(),
@@ -67,10 +84,7 @@ impl Publisher for LocalPublisher {
                 timestamp_ms: now,
             };
             self.stats.pending.fetch_add(1, Ordering::SeqCst);
-            if self.tx.send(message).await.is_err() {
-                self.stats.pending.fetch_sub(1, Ordering::SeqCst);
-                return Err(BackendError::Unavailable("the local loopback has stopped".into()));
-            }
+            permit.send(message);
         }
         Ok(())
     }

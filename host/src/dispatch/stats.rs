@@ -16,6 +16,8 @@ pub struct Stats {
     pub dead_lettered: AtomicU64,
     /// Deliveries received and not yet settled, including those waiting to retry.
     pub pending: AtomicU64,
+    /// Messages each at-most-once source knows it lost, by source.
+    lost: std::sync::Mutex<Vec<(String, std::sync::Arc<AtomicU64>)>>,
 }
 
 /// A copy of the counters at one moment.
@@ -27,6 +29,8 @@ pub struct Snapshot {
     pub handled: u64,
     /// See [`Stats::retried`].
     pub retried: u64,
+    /// Messages sources lost, summed (see [`Stats::lost`]).
+    pub lost: u64,
     /// See [`Stats::dead_lettered`].
     pub dead_lettered: u64,
     /// See [`Stats::pending`].
@@ -43,7 +47,21 @@ impl Stats {
             retried: get(&self.retried),
             dead_lettered: get(&self.dead_lettered),
             pending: get(&self.pending),
+            lost: self.lost_by_source().iter().map(|(_, n)| n).sum(),
         }
+    }
+
+    /// Count `counter` as the messages source `name` lost.
+    pub fn track_lost(&self, name: &str, counter: std::sync::Arc<AtomicU64>) {
+        if let Ok(mut lost) = self.lost.lock() {
+            lost.push((name.to_string(), counter));
+        }
+    }
+
+    /// Messages lost, by source, for the sources that can lose them.
+    pub fn lost_by_source(&self) -> Vec<(String, u64)> {
+        let Ok(lost) = self.lost.lock() else { return Vec::new() };
+        lost.iter().map(|(name, n)| (name.clone(), n.load(Ordering::Relaxed))).collect()
     }
 }
 
@@ -81,8 +99,9 @@ impl Progress {
         let rate = (settled(&now) - settled(&self.last)) as f64 / elapsed;
         self.last = now;
         self.at = Instant::now();
+        let lost = if now.lost > 0 { format!(" | lost {}", now.lost) } else { String::new() };
         format!(
-            "[{:>6.1}s] handled {} | retried {} | dead-lettered {} | in flight {} | {:.0} msg/s",
+            "[{:>6.1}s] handled {} | retried {} | dead-lettered {} | in flight {} | {:.0} msg/s{lost}",
             self.started.elapsed().as_secs_f64(),
             now.handled,
             now.retried,

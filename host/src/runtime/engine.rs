@@ -122,6 +122,8 @@ pub struct Invocation {
     pub elapsed: Duration,
     /// Fuel consumed, when the engine meters fuel.
     pub fuel_used: Option<u64>,
+    /// Log lines dropped past the tenant's `max_log_bytes`.
+    pub log_lines_dropped: u64,
     /// The invocation's open SQL transaction on a transactional route, for
     /// the dispatcher to commit, or to drop (rolling it back).
     pub transaction: Option<Box<dyn DbTransaction>>,
@@ -333,6 +335,7 @@ impl Runtime {
             effects: caps.effects.unwrap_or_default(),
             elapsed: started.elapsed(),
             fuel_used,
+            log_lines_dropped: caps.log_lines_dropped,
             transaction: caps.transaction,
         }
     }

@@ -21,6 +21,8 @@ pub struct HandlerMetrics {
     pub in_flight: AtomicU64,
     /// Fuel consumed, for handlers with a fuel limit.
     pub fuel: AtomicU64,
+    /// Log lines dropped past the tenant's `max_log_bytes`.
+    pub log_lines_dropped: AtomicU64,
     /// Invocation time, summed, in nanoseconds.
     time_ns: AtomicU64,
     /// Invocations, per latency bucket (the last is +Inf).

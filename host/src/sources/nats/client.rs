@@ -15,11 +15,21 @@ use crate::sources::backoff::Backoff;
 /// Connect once, logging every later disconnect and reconnect with the
 /// source and address; the client reconnects and resubscribes by itself.
 /// `reconnected` is notified each time the client connects again after a
-/// disconnect.
-pub async fn connect(name: &str, url: &str, reconnected: Option<Arc<Notify>>) -> Result<async_nats::Client, String> {
+/// disconnect. `pending` is how many messages the client buffers per
+/// subscription (its default when `None`).
+pub async fn connect(
+    name: &str,
+    url: &str,
+    reconnected: Option<Arc<Notify>>,
+    pending: Option<usize>,
+) -> Result<async_nats::Client, String> {
     let (source, address) = (name.to_string(), redact(url));
     let disconnected = Arc::new(std::sync::atomic::AtomicBool::new(false));
-    async_nats::ConnectOptions::new()
+    let mut options = async_nats::ConnectOptions::new();
+    if let Some(pending) = pending {
+        options = options.subscription_capacity(pending.max(1));
+    }
+    options
         .name(format!("switchyard {name}"))
         .connection_timeout(Duration::from_secs(5))
         .max_reconnects(None)
@@ -40,6 +50,8 @@ pub async fn connect(name: &str, url: &str, reconnected: Option<Arc<Notify>>) ->
                         disconnected.store(true, Ordering::Relaxed);
                         tracing::error!(%source, %address, "NATS: disconnected; reconnecting with backoff")
                     }
+                    // Counted and reported by the core source itself.
+                    async_nats::Event::SlowConsumer(_) => {}
                     other => tracing::warn!(%source, %address, "NATS: {other}"),
                 }
             }
@@ -56,13 +68,14 @@ pub async fn connect_with_backoff(
     name: &str,
     url: &str,
     reconnected: Option<Arc<Notify>>,
+    pending: Option<usize>,
     shutdown: &CancellationToken,
 ) -> Option<async_nats::Client> {
     let mut backoff = Backoff::default();
     loop {
         let attempt = tokio::select! {
             _ = shutdown.cancelled() => return None,
-            c = connect(name, url, reconnected.clone()) => c,
+            c = connect(name, url, reconnected.clone(), pending) => c,
         };
         match attempt {
             Ok(client) => {

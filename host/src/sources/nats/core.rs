@@ -25,7 +25,12 @@ use crate::sources::backoff::Backoff;
 
 /// The source and publisher for one `nats` source config.
 pub fn build(name: &str, config: &NatsConfig) -> (Box<dyn Source>, Arc<dyn Publisher>) {
-    let source = CoreSource { name: name.to_string(), config: config.clone(), next_id: Arc::new(AtomicU64::new(1)) };
+    let source = CoreSource {
+        name: name.to_string(),
+        config: config.clone(),
+        next_id: Arc::new(AtomicU64::new(1)),
+        lost: Arc::new(AtomicU64::new(0)),
+    };
     (Box::new(source), Arc::new(NatsPublisher::new(name, &config.url, false)))
 }
 
@@ -34,6 +39,8 @@ pub struct CoreSource {
     name: String,
     config: NatsConfig,
     next_id: Arc<AtomicU64>,
+    /// Messages the client received and dropped, its buffer being full.
+    lost: Arc<AtomicU64>,
 }
 
 impl CoreSource {
@@ -44,7 +51,9 @@ impl CoreSource {
 #[async_trait]
 impl Source for CoreSource {
     async fn run(self: Box<Self>, out: mpsc::Sender<Delivery>, shutdown: CancellationToken) -> Result<(), SourceError> {
-        let Some(client) = connect_with_backoff("NATS", &self.name, &self.config.url, None, &shutdown).await else {
+        let pending = Some(self.config.pending_messages);
+        let Some(client) = connect_with_backoff("NATS", &self.name, &self.config.url, None, pending, &shutdown).await
+        else {
             return Ok(());
         };
         let mut subscriptions = Vec::new();
@@ -77,11 +86,36 @@ impl Source for CoreSource {
         let dead_letter = Arc::new(self.config.dead_letter_subject(&self.name));
         let mut messages = futures::stream::select_all(subscriptions);
         let started = now_ms();
+        // What the client received less what reached the host is what it
+        // dropped, once its buffer is empty: whenever no message came for a
+        // moment.
+        let statistics = client.statistics();
+        let mut delivered = 0;
         loop {
             let m = tokio::select! {
                 _ = shutdown.cancelled() => break,
-                m = messages.next() => match m { Some(m) => m, None => break },
+                m = tokio::time::timeout(IDLE, messages.next()) => match m {
+                    Ok(Some(m)) => m,
+                    Ok(None) => break,
+                    Err(_idle) => {
+                        let dropped = statistics.in_messages.load(Ordering::Relaxed).saturating_sub(delivered);
+                        if dropped > 0 {
+                            delivered += dropped;
+                            let total = self.lost.fetch_add(dropped, Ordering::Relaxed) + dropped;
+                            tracing::error!(
+                                source = %self.name,
+                                subjects = ?self.config.subjects,
+                                lost = dropped,
+                                lost_in_all = total,
+                                pending_messages = self.config.pending_messages,
+                                "core NATS dropped messages the host could not take in time (at most once); raise pending_messages, add hosts to the queue group, or use JetStream"
+                            );
+                        }
+                        continue;
+                    }
+                },
             };
+            delivered += 1;
             let headers = headers_of(m.headers.as_ref());
             let id = find(&headers, "Nats-Msg-Id")
                 .or_else(|| find(&headers, headers::ID))
@@ -106,7 +140,15 @@ impl Source for CoreSource {
         // the settlements still running.
         Ok(())
     }
+
+    fn lost(&self) -> Option<Arc<AtomicU64>> {
+        Some(self.lost.clone())
+    }
 }
+
+/// How long no message must come before the source counts what its client
+/// dropped.
+const IDLE: std::time::Duration = std::time::Duration::from_millis(250);
 
 struct CoreSettle {
     client: async_nats::Client,

@@ -98,9 +98,15 @@ impl Source for JetStreamSource {
     async fn run(self: Box<Self>, out: mpsc::Sender<Delivery>, shutdown: CancellationToken) -> Result<(), SourceError> {
         // A server that restarted has forgotten the pull requests it held.
         let reconnected = Arc::new(Notify::new());
-        let Some(client) =
-            connect_with_backoff("NATS JetStream", &self.name, &self.config.url, Some(reconnected.clone()), &shutdown)
-                .await
+        let Some(client) = connect_with_backoff(
+            "NATS JetStream",
+            &self.name,
+            &self.config.url,
+            Some(reconnected.clone()),
+            None,
+            &shutdown,
+        )
+        .await
         else {
             return Ok(());
         };

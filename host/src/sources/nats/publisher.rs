@@ -36,7 +36,7 @@ impl Publisher for NatsPublisher {
     async fn publish(&self, messages: Vec<Outgoing>) -> Result<(), BackendError> {
         let client = self
             .client
-            .get_or_try_init(|| connect(&self.name, &self.url, None))
+            .get_or_try_init(|| connect(&self.name, &self.url, None, None))
             .await
             .map_err(|e| self.unavailable(e))?;
         let js = jetstream::new(client.clone());
