@@ -42,6 +42,39 @@ fn check_names_the_file_and_the_unknown_field() {
 }
 
 #[test]
+fn check_refuses_malformed_grants_naming_the_field() {
+    let cases = [
+        (
+            "db_tables = [\"orders; DROP TABLE orders\"]",
+            "tenants.acme.grants.db_tables",
+            "is not a table or schema name",
+        ),
+        ("db_tables = [\"a.b.c.d\"]", "tenants.acme.grants.db_tables", "has 4 parts"),
+        ("publish = [\"order.*.created\"]", "tenants.acme.grants.publish", "has a `*` before its end"),
+        ("search_prefixes = [\"Orders/\"]", "tenants.acme.grants.search_prefixes", "which no index name can"),
+        ("search_prefixes = [\"_internal\"]", "tenants.acme.grants.search_prefixes", "no index name can start with"),
+    ];
+    for (grant, field, reason) in cases {
+        let dir = tempfile::tempdir().unwrap();
+        let text = format!(
+            "[sources.s]\ntype = \"file\"\npath = \"m.jsonl\"\n[tenants.acme.grants]\n{grant}\n\
+             [tenants.acme.handlers.h]\nwasm = \"{}\"\n",
+            plugin_path("noop")
+        );
+        let path = dir.path().join("c.toml");
+        std::fs::write(&path, text).unwrap();
+        let out = switchyard().arg("check").arg(&path).output().unwrap();
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert!(!out.status.success(), "{grant} was accepted");
+        assert!(stderr.contains(field) && stderr.contains(reason), "{grant}: {stderr}");
+    }
+}
+
+fn plugin_path(name: &str) -> String {
+    std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join(format!("../plugins/dist/{name}.wasm")).display().to_string()
+}
+
+#[test]
 fn check_names_the_handler_whose_wasm_is_broken() {
     let dir = tempfile::tempdir().unwrap();
     std::fs::write(dir.path().join("broken.wasm"), b"\0asm\x0d\0\x01\0garbage").unwrap();

@@ -85,14 +85,18 @@ async fn hostile_handlers_fail_only_their_own_messages() {
         "filesystem",
         "network",
         "environment",
+        "publish-flood",
+        "huge-key",
+        "huge-header",
     ];
     let mut lines = Vec::new();
     for i in 0..200 {
         lines.push(format!(
             r#"{{"topic": "product.changed", "id": "v{i}", "payload": {{"id": "{i}", "name": "thing {i}"}}}}"#
         ));
-        if i % 20 == 0 {
-            let attack = attacks[i / 20];
+        if i % 10 == 0
+            && let Some(attack) = attacks.get(i / 10)
+        {
             lines.push(format!(r#"{{"topic": "attack", "id": "{attack}", "payload": {{"attack": "{attack}"}}}}"#));
         }
     }
@@ -134,6 +138,13 @@ async fn hostile_handlers_fail_only_their_own_messages() {
         ("filesystem", "rejected: filesystem refused"),
         ("network", "rejected: network refused"),
         ("environment", "rejected: environment refused: \"no variables, no arguments\""),
+        // One message publishing 8 MiB sixty times is stopped at 16 MiB in all.
+        ("publish-flood", "rejected: publish 1 refused: CapabilityError::TooLarge(\"this message would publish"),
+        ("huge-key", "rejected: huge key refused: CapabilityError::TooLarge(\"message key is 20971520 bytes"),
+        (
+            "huge-header",
+            "rejected: huge header refused: CapabilityError::TooLarge(\"message headers are 20971521 bytes",
+        ),
     ];
     for (id, text) in expect {
         let got = reason(id);
@@ -158,4 +169,55 @@ fn a_handler_importing_an_ungranted_capability_is_refused() {
     let Err(err) = Registry::load(&config, runtime) else { panic!("the hostile handler imports db without a grant") };
     assert!(matches!(err, DeployError::NotGranted { capability: "database tables", .. }), "{err}");
     assert!(err.to_string().contains("switchyard:handler/db"), "{err}");
+}
+
+/// A handler that forks itself through the loopback: each message publishes
+/// fifty copies of itself to a local route back to the same handler. The
+/// loopback fills and refuses further publishes instead of waiting on
+/// itself, the other tenant's messages are all handled meanwhile, and a stop
+/// signal ends the host within its grace whatever the forks are doing. A
+/// message logging 100,000 lines has its lines past its cap dropped and counted.
+#[tokio::test]
+async fn a_forking_handler_wedges_nothing_and_a_log_flood_is_capped() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut lines = vec![
+        r#"{"topic": "attack", "id": "fork", "payload": {"attack": "fork", "n": 50}}"#.to_string(),
+        r#"{"topic": "attack", "id": "log-flood", "payload": {"attack": "log-flood"}}"#.to_string(),
+    ];
+    for i in 0..100 {
+        lines.push(format!(
+            r#"{{"topic": "product.changed", "id": "v{i}", "payload": {{"id": "{i}", "name": "thing {i}"}}}}"#
+        ));
+    }
+    let text = TENANTS
+        .replace("CACHE_UPDATE", &plugin("cache_update").display().to_string())
+        .replace("HOSTILE", &plugin("hostile").display().to_string());
+    let fork_route = "[[routes]]\nsource = \"local\"\ntopic = \"hostile.fork\"\ntenant = \"hostile\"\nhandler = \"attack\"\nmax_attempts = 1\n";
+    std::fs::write(dir.path().join("in.jsonl"), lines.join("\n") + "\n").unwrap();
+    let path = dir.path().join("switchyard.toml");
+    std::fs::write(&path, format!("data_dir = \".\"\nshutdown_grace_ms = 2000\n{text}\n{fork_route}")).unwrap();
+    let config = Config::load(&path).unwrap();
+    let running = support::started_host(&config).await;
+
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
+    let mut missing: Vec<usize> = (0..100).collect();
+    while !missing.is_empty() {
+        let mut still = Vec::new();
+        for i in missing {
+            if running.backends.cache.get(&format!("product:{i}")).await.unwrap().is_none() {
+                still.push(i);
+            }
+        }
+        missing = still;
+        assert!(std::time::Instant::now() < deadline, "the other tenant was held up: {} of 100 missing", missing.len());
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+    // The forks are still multiplying; a stop must end the host anyway.
+    running.shutdown.cancel();
+    let stopped = tokio::time::timeout(std::time::Duration::from_secs(30), running.task).await;
+    assert!(stopped.is_ok(), "the host did not stop within its grace while the forks ran");
+
+    let slot = running.registry.slot("hostile", "attack").unwrap();
+    let dropped = slot.metrics.log_lines_dropped.load(std::sync::atomic::Ordering::Relaxed);
+    assert!(dropped > 90_000, "a 100,000-line flood kept {} lines", 100_000 - dropped);
 }

@@ -6,7 +6,9 @@
 //!
 //! Attacks: `loop`, `memory`, `recurse`, `huge-result`, `read-other-tenant`,
 //! `sql-outside-grant`, `publish-forbidden`, `filesystem`, `network`,
-//! `environment`.
+//! `environment`, `publish-flood` (sixty 8 MiB publishes), `huge-key` and
+//! `huge-header` (20 MB each), `log-flood` (100,000 lines; returns ok) and
+//! `fork` (publishes `n` copies of its message to `hostile.fork`; returns ok).
 //!
 //! Build: `cargo build --manifest-path plugins/Cargo.toml --target wasm32-wasip2 --release -p hostile`
 
@@ -14,13 +16,19 @@ wit_bindgen::generate!({ path: "../../wit", world: "handler" });
 
 use serde::Deserialize;
 use switchyard::handler::publish::{self, Outgoing};
-use switchyard::handler::{cache, db};
+use switchyard::handler::{cache, db, log};
 
 #[derive(Deserialize)]
 struct Attack {
     attack: String,
     #[serde(default)]
     target: Option<String>,
+    #[serde(default)]
+    n: usize,
+}
+
+fn publish_one(destination: &str, payload: Vec<u8>, headers: Vec<(String, String)>, key: Option<String>) -> Result<(), switchyard::handler::types::CapabilityError> {
+    publish::publish(&Outgoing { destination: destination.into(), payload, headers, key })
 }
 
 struct Hostile;
@@ -99,6 +107,40 @@ impl Guest for Hostile {
                 } else {
                     Ok(())
                 }
+            }
+            "publish-flood" => {
+                let payload = vec![7u8; 8 << 20];
+                for n in 0..60 {
+                    if let Err(e) = publish_one("hostile.flood", payload.clone(), Vec::new(), None) {
+                        return refused(&format!("publish {n}"), e);
+                    }
+                }
+                Ok(())
+            }
+            "huge-key" => match publish_one("hostile.key", b"x".to_vec(), Vec::new(), Some("k".repeat(20 << 20))) {
+                Err(e) => refused("huge key", e),
+                Ok(()) => Ok(()),
+            },
+            "huge-header" => {
+                match publish_one("hostile.header", b"x".to_vec(), vec![("h".into(), "v".repeat(20 << 20))], None) {
+                    Err(e) => refused("huge header", e),
+                    Ok(()) => Ok(()),
+                }
+            }
+            "log-flood" => {
+                let filler = "x".repeat(200);
+                for i in 0..100_000 {
+                    log::log(log::Level::Info, &format!("flood line {i} {filler}"));
+                }
+                Ok(())
+            }
+            "fork" => {
+                for _ in 0..attack.n {
+                    if let Err(e) = publish_one("hostile.fork", msg.payload.clone(), Vec::new(), None) {
+                        return refused("fork", e);
+                    }
+                }
+                Ok(())
             }
             other => Err(HandlerError::Reject(format!("unknown attack {other:?}"))),
         }
