@@ -240,8 +240,10 @@ impl Host {
                 max_publishes: q.max_publishes.unwrap_or(d.max_publishes),
                 max_publish_bytes: q.max_publish_bytes.unwrap_or(d.max_publish_bytes),
                 max_log_bytes: q.max_log_bytes.unwrap_or(d.max_log_bytes),
+                max_indexes: q.max_indexes.unwrap_or(d.max_indexes),
             };
-            caps.insert(name, Arc::new(Capabilities { backends, grants: tenant.grants.clone(), output }));
+            let grants = tenant.grants.clone();
+            caps.insert(name, Arc::new(Capabilities { backends, grants, output, indexes: Default::default() }));
         }
 
         let mut routes = Vec::new();

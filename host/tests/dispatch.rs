@@ -320,3 +320,24 @@ fn a_bad_handler_in_config_names_the_tenant_and_handler() {
     assert!(err.contains("tenant \"t\" handler \"faults\""), "{err}");
     assert!(err.contains("core WebAssembly module"), "{err}");
 }
+
+/// A tenant's fuel quota takes effect on its own: no handler or route sets
+/// a fuel limit, yet a handler spinning in a loop runs out of the tenant's
+/// fuel (well before its 1 s deadline), and the fuel it burnt is counted.
+#[tokio::test]
+async fn a_tenant_fuel_quota_alone_bounds_a_loop() {
+    let dir = tempfile::tempdir().unwrap();
+    let template = FAULTS
+        .replace("[tenants.t.handlers.faults]", "[tenants.t.quotas]\nfuel = 5000000\n\n[tenants.t.handlers.faults]");
+    let lines = [r#"{"topic": "f", "id": "loop", "payload": {"mode": "loop"}}"#];
+    let config = support::config_with_file(dir.path(), &template, "faults", &lines);
+    let (host, _backends) = support::build_host(&config).await;
+    let registry = host.registry();
+    let stats = host.run(tokio_util::sync::CancellationToken::new()).await;
+    assert_eq!(stats.dead_lettered, 1, "{stats:?}");
+    let dead = read_dead_letters(&dir.path().join("dead-letter/in.jsonl"));
+    let reason = support::header(&dead[0], "switchyard-dead-letter-reason").unwrap();
+    assert!(reason.contains("fuel"), "the loop should run out of fuel, not time: {reason}");
+    let fuel = registry.slot("t", "faults").unwrap().metrics.fuel.load(std::sync::atomic::Ordering::Relaxed);
+    assert!(fuel >= 5_000_000, "fuel consumed: {fuel}");
+}

@@ -128,3 +128,39 @@ async fn each_tenant_runs_as_a_login_the_server_holds_to_its_grant() {
     };
     conformance::tenant_logins(&t, &hostile, &conformance::unique("logins")).await;
 }
+
+/// The quickstart's handlers, unchanged, on MariaDB instead of SQLite:
+/// `order-insert`'s SQL is portable, and runs as the tenant's own login.
+#[tokio::test]
+async fn quickstart_handlers_run_against_mariadb() {
+    let database = conformance::unique("quickstart");
+    let admin = MySqlPool::connect(&url()).await.unwrap();
+    sqlx::raw_sql(&format!("CREATE DATABASE {database}")).execute(&admin).await.unwrap();
+    let db_url = format!("{}/{database}", url().rsplit_once('/').unwrap().0);
+
+    let dir = tempfile::tempdir().unwrap();
+    let quickstart = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../examples/quickstart/switchyard.toml");
+    let mut config = switchyard::Config::load(&quickstart).unwrap();
+    config.data_dir = dir.path().to_path_buf();
+    config.backends.db = switchyard::config::DbBackendConfig::Mysql(SqlServerConfig {
+        init: vec![
+            "CREATE TABLE orders (id VARCHAR(64) PRIMARY KEY, customer TEXT NOT NULL, total DOUBLE NOT NULL)".into(),
+        ],
+        max_connections: 4,
+        ..SqlServerConfig::new(db_url.clone())
+    });
+    let (stats, _) = support::run_host(&config).await;
+    assert_eq!((stats.handled, stats.dead_lettered, stats.retried), (101, 1, 0), "{stats:?}");
+
+    let my = MySqlPool::connect(&db_url).await.unwrap();
+    let (orders,): (i64,) = sqlx::query_as("SELECT count(*) FROM orders").fetch_one(&my).await.unwrap();
+    assert_eq!(orders, 30);
+    let (customer,): (String,) =
+        sqlx::query_as("SELECT customer FROM orders WHERE id = 'o7'").fetch_one(&my).await.unwrap();
+    assert_eq!(customer, "c0");
+    my.close().await;
+
+    sqlx::raw_sql(&format!("DROP DATABASE {database}")).execute(&admin).await.unwrap();
+    let login = switchyard::capabilities::backends::sql::logins::login_name("switchyard_", &database, "shop");
+    sqlx::raw_sql(&format!("DROP USER IF EXISTS '{login}'@'%'")).execute(&admin).await.unwrap();
+}

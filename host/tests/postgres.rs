@@ -153,8 +153,8 @@ async fn a_schema_grant_cannot_be_escaped_through_unqualified_names_or_search_pa
 }
 
 /// The quickstart's handlers, unchanged, on PostgreSQL and Redis instead of
-/// the embedded backends: `order-insert`'s `?` placeholders and `ON CONFLICT`
-/// run on PostgreSQL as written.
+/// the embedded backends: `order-insert`'s `?` placeholders run on
+/// PostgreSQL as written, as the tenant's own login.
 #[tokio::test]
 async fn quickstart_handlers_run_against_postgres_and_redis() {
     let database = conformance::unique("quickstart");
@@ -205,6 +205,8 @@ async fn quickstart_handlers_run_against_postgres_and_redis() {
     let _: i64 = redis::cmd("DEL").arg(&keys).query_async(&mut redis).await.unwrap();
 
     sqlx::raw_sql(&format!("DROP DATABASE {database} WITH (FORCE)")).execute(&mut admin).await.unwrap();
+    let login = switchyard::capabilities::backends::sql::logins::login_name("switchyard_", &database, "shop");
+    sqlx::raw_sql(&format!("DROP ROLE IF EXISTS {login}")).execute(&mut admin).await.unwrap();
 }
 
 #[tokio::test]

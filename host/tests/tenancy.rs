@@ -37,8 +37,10 @@ const TENANTS: &str = r#"
     cache_prefixes = ["hostile:"]
     db_tables = ["hostile_data"]
     publish = ["hostile.*"]
+    search_prefixes = ["hostile-"]
 
     [tenants.hostile.quotas]
+    max_indexes = 5
     max_in_flight = 2
     memory_mib = 32
     timeout_ms = 1000
@@ -88,6 +90,7 @@ async fn hostile_handlers_fail_only_their_own_messages() {
         "publish-flood",
         "huge-key",
         "huge-header",
+        "index-flood",
     ];
     let mut lines = Vec::new();
     for i in 0..200 {
@@ -144,6 +147,11 @@ async fn hostile_handlers_fail_only_their_own_messages() {
         (
             "huge-header",
             "rejected: huge header refused: CapabilityError::TooLarge(\"message headers are 20971521 bytes",
+        ),
+        // Each index costs the search backend threads and files.
+        (
+            "index-flood",
+            "rejected: index 5 refused: CapabilityError::TooLarge(\"the tenant already writes to 5 indexes",
         ),
     ];
     for (id, text) in expect {

@@ -39,6 +39,9 @@ pub struct Capabilities {
     pub grants: Grants,
     /// What one message may publish and log.
     pub output: OutputLimits,
+    /// The search indexes the tenant has written to since the host started,
+    /// held to `output.max_indexes`.
+    pub indexes: std::sync::Mutex<std::collections::BTreeSet<String>>,
 }
 
 /// What one message may publish and log: the host keeps everything a
@@ -52,11 +55,14 @@ pub struct OutputLimits {
     pub max_publish_bytes: usize,
     /// Bytes of log lines; lines past it are dropped and counted.
     pub max_log_bytes: usize,
+    /// Search indexes the tenant may write to (per host, not per message):
+    /// each open index costs the backend threads and files.
+    pub max_indexes: usize,
 }
 
 impl Default for OutputLimits {
     fn default() -> Self {
-        Self { max_publishes: 1000, max_publish_bytes: MAX_VALUE_BYTES, max_log_bytes: 64 << 10 }
+        Self { max_publishes: 1000, max_publish_bytes: MAX_VALUE_BYTES, max_log_bytes: 64 << 10, max_indexes: 64 }
     }
 }
 
@@ -77,7 +83,8 @@ impl Capabilities {
                 search_prefixes: all,
                 publish: vec!["*".into()],
             },
-            output: OutputLimits::default(),
+            output: OutputLimits { max_indexes: usize::MAX, ..OutputLimits::default() },
+            indexes: Default::default(),
         }
     }
 }

@@ -29,6 +29,22 @@ impl CapabilityCtx {
         }
         Ok(())
     }
+
+    /// Count `index` among the tenant's indexes, refusing one past its `max_indexes`.
+    fn count_index(&self, index: &str) -> Result<(), CapabilityFailure> {
+        let Ok(mut written) = self.access.indexes.lock() else { return Ok(()) };
+        if written.contains(index) {
+            return Ok(());
+        }
+        let max = self.access.output.max_indexes;
+        if written.len() >= max {
+            return Err(CapabilityFailure::TooLarge(format!(
+                "the tenant already writes to {max} indexes, its max_indexes; {index:?} would be one more"
+            )));
+        }
+        written.insert(index.to_string());
+        Ok(())
+    }
 }
 
 impl search::Host for CapabilityCtx {
@@ -43,6 +59,7 @@ impl search::Host for CapabilityCtx {
             Ok(_) => return Err(CapabilityFailure::Invalid(format!("document {id:?} is not a JSON object"))),
             Err(e) => return Err(CapabilityFailure::Invalid(format!("document {id:?} is not JSON: {e}"))),
         };
+        self.count_index(&index)?;
         self.record(|| Effect::SearchIndex { index: index.clone(), id: id.clone() });
         Ok(self.access.backends.search.index(&index, &id, document).await?)
     }

@@ -79,6 +79,11 @@ pub struct Quotas {
     /// Example: `max_log_bytes = 65536` (the default).
     #[serde(default)]
     pub max_log_bytes: Option<usize>,
+    /// Search indexes the tenant's handlers may write to; each open index
+    /// costs the search backend threads and files. Example:
+    /// `max_indexes = 64` (the default).
+    #[serde(default)]
+    pub max_indexes: Option<usize>,
 }
 
 impl Quotas {

@@ -14,6 +14,11 @@
 //! - `scatter`: grow memory by 8 MiB, mark one byte in each of 256 pages
 //!   spread over it, and reject if any was already marked: memory an earlier
 //!   message dirtied must never be visible to a later one;
+//! - `pageout`: grow memory by 8 MiB, reject if any of its 2,048 4 KiB
+//!   pages does not read zero, mark each, then set `<key>:dirty` in the
+//!   cache and wait (up to `delay_ms`, default 20 s) for `<key>:out`, which
+//!   a test sets once it has had the kernel swap those pages out
+//!   (`host/tests/memory_reset.rs`);
 //! - `sql`: execute `sql` with the text parameters `params` and ack; a
 //!   capability error rejects the message with the error.
 //!
@@ -102,6 +107,34 @@ impl Guest for Faults {
                         return Err(HandlerError::Reject(format!("page {i} holds {seen} from an earlier message")));
                     }
                     unsafe { at.write_volatile(0xA5) };
+                }
+                Ok(())
+            }
+            "pageout" => {
+                let first = core::arch::wasm32::memory_grow(0, 128);
+                if first == usize::MAX {
+                    return Err(HandlerError::Reject("memory.grow refused 8 MiB".into()));
+                }
+                for i in 0..2048 {
+                    let at = core::ptr::with_exposed_provenance_mut::<u8>((first << 16) + (i << 12));
+                    // SAFETY: `at` lies in the 128 pages grown just above,
+                    // which nothing else in this instance uses.
+                    let seen = unsafe { at.read_volatile() };
+                    if seen != 0 {
+                        return Err(HandlerError::Reject(format!("page {i} holds {seen} from an earlier message")));
+                    }
+                    unsafe { at.write_volatile(0xA5) };
+                }
+                let key = req.key.unwrap_or_else(|| "faults:pageout".into());
+                let failed = |e| HandlerError::Reject(format!("cache: {e:?}"));
+                cache::set(&format!("{key}:dirty"), b"1", None).map_err(failed)?;
+                let until =
+                    std::time::Instant::now() + std::time::Duration::from_millis(req.delay_ms.unwrap_or(20_000));
+                while cache::get(&format!("{key}:out")).map_err(failed)?.is_none() {
+                    if std::time::Instant::now() > until {
+                        return Err(HandlerError::Reject(format!("{key}:out was never set")));
+                    }
+                    std::thread::sleep(std::time::Duration::from_millis(2));
                 }
                 Ok(())
             }

@@ -7,7 +7,7 @@
 //! Attacks: `loop`, `memory`, `recurse`, `huge-result`, `read-other-tenant`,
 //! `sql-outside-grant`, `publish-forbidden`, `filesystem`, `network`,
 //! `environment`, `publish-flood` (sixty 8 MiB publishes), `huge-key` and
-//! `huge-header` (20 MB each), `log-flood` (100,000 lines; returns ok) and
+//! `huge-header` (20 MB each), `index-flood` (100 indexes), `log-flood` (100,000 lines; returns ok) and
 //! `fork` (publishes `n` copies of its message to `hostile.fork`; returns ok).
 //!
 //! Build: `cargo build --manifest-path plugins/Cargo.toml --target wasm32-wasip2 --release -p hostile`
@@ -16,7 +16,7 @@ wit_bindgen::generate!({ path: "../../wit", world: "handler" });
 
 use serde::Deserialize;
 use switchyard::handler::publish::{self, Outgoing};
-use switchyard::handler::{cache, db, log};
+use switchyard::handler::{cache, db, log, search};
 
 #[derive(Deserialize)]
 struct Attack {
@@ -126,6 +126,15 @@ impl Guest for Hostile {
                     Err(e) => refused("huge header", e),
                     Ok(()) => Ok(()),
                 }
+            }
+            "index-flood" => {
+                for i in 0..100 {
+                    let index = format!("hostile-flood-{i}");
+                    if let Err(e) = search::index_document(&index, "d", "{\"x\": 1}") {
+                        return refused(&format!("index {i}"), e);
+                    }
+                }
+                Ok(())
             }
             "log-flood" => {
                 let filler = "x".repeat(200);

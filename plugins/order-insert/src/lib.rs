@@ -3,7 +3,8 @@
 //! An `order.placed` message carries `{"id": "o1", "customer": "c1", "total": 12.5}`.
 //! The order is inserted into `orders` (a redelivery inserts nothing twice), and
 //! an `order.recorded` event is published, which the quickstart routes to the
-//! search indexer.
+//! search indexer. Its SQL is portable: it runs unchanged on SQLite,
+//! PostgreSQL and MySQL/MariaDB (no `ON CONFLICT`, no `INSERT IGNORE`).
 //!
 //! Build: `cargo build --manifest-path plugins/Cargo.toml --target wasm32-wasip2 --release -p order-insert`
 
@@ -27,11 +28,22 @@ impl Guest for OrderInsert {
     fn handle(msg: Message) -> Result<(), HandlerError> {
         let order: Order = serde_json::from_slice(&msg.payload)
             .map_err(|e| HandlerError::Reject(format!("malformed order: {e}")))?;
-        db::execute(
-            "INSERT INTO orders (id, customer, total) VALUES (?, ?, ?) ON CONFLICT (id) DO NOTHING",
-            &[Value::Text(order.id.clone()), Value::Text(order.customer), Value::Float(order.total)],
-        )
-        .map_err(failure)?;
+        let recorded = || -> Result<bool, HandlerError> {
+            let found = db::query("SELECT id FROM orders WHERE id = ?", &[Value::Text(order.id.clone())]);
+            Ok(!found.map_err(failure)?.rows.is_empty())
+        };
+        if !recorded()? {
+            let inserted = db::execute(
+                "INSERT INTO orders (id, customer, total) VALUES (?, ?, ?)",
+                &[Value::Text(order.id.clone()), Value::Text(order.customer), Value::Float(order.total)],
+            );
+            // A redelivery running at the same time may have inserted it first.
+            if let Err(e) = inserted
+                && !(matches!(e, CapabilityError::Invalid(_)) && recorded()?)
+            {
+                return Err(failure(e));
+            }
+        }
         publish::publish(&Outgoing {
             destination: "order.recorded".into(),
             payload: msg.payload,

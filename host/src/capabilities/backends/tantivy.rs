@@ -25,6 +25,12 @@ use crate::contract::search::SearchBackend;
 /// Memory for each index writer's buffer.
 const WRITER_BYTES: usize = 32 << 20;
 
+/// Index writers kept open between batches. Each holds threads (its indexer
+/// and its segment updater and merger pools) and files, so a tenant writing
+/// to many indexes must not hold them all: past this, the writers least
+/// recently written are closed after each batch, and opened again on use.
+const OPEN_WRITERS: usize = 8;
+
 enum Op {
     Index { index: String, id: String, document: serde_json::Map<String, serde_json::Value> },
     Delete { index: String, id: String },
@@ -50,16 +56,60 @@ struct Fields {
 struct OpenIndex {
     index: Index,
     reader: IndexReader,
-    writer: Mutex<IndexWriter>,
+    /// Open while the index is written to; see [`OPEN_WRITERS`].
+    writer: Mutex<Option<IndexWriter>>,
+    /// The batch that last wrote to it.
+    last_batch: std::sync::atomic::AtomicU64,
     fields: Fields,
+}
+
+impl OpenIndex {
+    /// Run `f` on the index's writer, opening it if it was closed.
+    fn with_writer<T>(&self, f: impl FnOnce(&mut IndexWriter) -> Result<T, BackendError>) -> Result<T, BackendError> {
+        let mut writer =
+            self.writer.lock().map_err(|_| BackendError::Unavailable("tantivy writer lock poisoned".into()))?;
+        if writer.is_none() {
+            let opened = self
+                .index
+                .writer_with_num_threads(1, WRITER_BYTES)
+                .map_err(|e| BackendError::Unavailable(format!("tantivy writer: {e}")))?;
+            *writer = Some(opened);
+        }
+        match writer.as_mut() {
+            Some(writer) => f(writer),
+            None => Err(BackendError::Unavailable("tantivy writer missing".into())),
+        }
+    }
 }
 
 struct Indexes {
     root: PathBuf,
     open: Mutex<HashMap<String, Arc<OpenIndex>>>,
+    /// Batches applied, for choosing which writers to close.
+    batches: std::sync::atomic::AtomicU64,
 }
 
 impl Indexes {
+    /// Close the writers past [`OPEN_WRITERS`], least recently written first.
+    fn close_idle_writers(&self) {
+        use std::sync::atomic::Ordering::Relaxed;
+        let Ok(open) = self.open.lock() else { return };
+        let mut writing: Vec<&Arc<OpenIndex>> =
+            open.values().filter(|i| i.writer.lock().map(|w| w.is_some()).unwrap_or(false)).collect();
+        if writing.len() <= OPEN_WRITERS {
+            return;
+        }
+        writing.sort_by_key(|i| std::cmp::Reverse(i.last_batch.load(Relaxed)));
+        for index in &writing[OPEN_WRITERS..] {
+            if let Ok(mut writer) = index.writer.lock()
+                && let Some(writer) = writer.take()
+            {
+                // Everything it held was committed with its batch.
+                let _ = writer.wait_merging_threads();
+            }
+        }
+    }
+
     /// The index `name`, opened on first use; created if `create`, else
     /// `None` when it does not exist.
     fn get(&self, name: &str, create: bool) -> Result<Option<Arc<OpenIndex>>, BackendError> {
@@ -94,9 +144,8 @@ fn open_index(dir: &Path) -> Result<OpenIndex, BackendError> {
     let schema = index.schema();
     let field = |name: &str| schema.get_field(name).map_err(unavailable);
     let fields = Fields { id: field("id")?, source: field("_source")?, all: field("_all")?, body: field("body")? };
-    let writer = index.writer_with_num_threads(1, WRITER_BYTES).map_err(unavailable)?;
     let reader = index.reader_builder().reload_policy(ReloadPolicy::Manual).try_into().map_err(unavailable)?;
-    Ok(OpenIndex { index, reader, writer: Mutex::new(writer), fields })
+    Ok(OpenIndex { index, reader, writer: Mutex::new(None), last_batch: Default::default(), fields })
 }
 
 /// The `tantivy` search backend.
@@ -114,7 +163,11 @@ impl TantivySearch {
         std::fs::create_dir_all(root).map_err(|e| {
             BackendError::Unavailable(format!("cannot create search directory {}: {e}", root.display()))
         })?;
-        let indexes = Arc::new(Indexes { root: root.to_path_buf(), open: Mutex::new(HashMap::new()) });
+        let indexes = Arc::new(Indexes {
+            root: root.to_path_buf(),
+            open: Mutex::new(HashMap::new()),
+            batches: Default::default(),
+        });
         let shared = indexes.clone();
         let writer = Batcher::spawn("tantivy writer", 1024, move |batch| {
             let indexes = shared.clone();
@@ -131,6 +184,7 @@ impl TantivySearch {
 
 /// Apply a batch: every operation, then one commit per index touched.
 fn apply(indexes: &Indexes, batch: Vec<Op>) -> Vec<Result<(), BackendError>> {
+    let batch_number = indexes.batches.fetch_add(1, std::sync::atomic::Ordering::Relaxed) + 1;
     let mut results: Vec<Result<(), BackendError>> = Vec::with_capacity(batch.len());
     let mut touched: HashMap<String, (Arc<OpenIndex>, Vec<usize>)> = HashMap::new();
     for (i, op) in batch.into_iter().enumerate() {
@@ -145,32 +199,30 @@ fn apply(indexes: &Indexes, batch: Vec<Op>) -> Vec<Result<(), BackendError>> {
                 continue;
             }
         };
-        let result =
-            index.writer.lock().map_err(|_| BackendError::Unavailable("tantivy writer lock poisoned".into())).and_then(
-                |writer| {
-                    let f = &index.fields;
-                    match op {
-                        Op::Delete { id, .. } => {
-                            writer.delete_term(Term::from_field_text(f.id, &id));
-                            Ok(())
-                        }
-                        Op::Index { id, document, .. } => {
-                            writer.delete_term(Term::from_field_text(f.id, &id));
-                            let mut doc = TantivyDocument::default();
-                            doc.add_text(f.id, &id);
-                            doc.add_text(f.source, serde_json::Value::Object(document.clone()).to_string());
-                            let mut all = String::new();
-                            collect_text(&serde_json::Value::Object(document.clone()), &mut all);
-                            doc.add_text(f.all, all);
-                            doc.add_field_value(f.body, &tantivy::schema::OwnedValue::from(document));
-                            writer
-                                .add_document(doc)
-                                .map(|_| ())
-                                .map_err(|e| BackendError::Invalid(format!("document {id:?}: {e}")))
-                        }
-                    }
-                },
-            );
+        index.last_batch.store(batch_number, std::sync::atomic::Ordering::Relaxed);
+        let result = index.with_writer(|writer| {
+            let f = &index.fields;
+            match op {
+                Op::Delete { id, .. } => {
+                    writer.delete_term(Term::from_field_text(f.id, &id));
+                    Ok(())
+                }
+                Op::Index { id, document, .. } => {
+                    writer.delete_term(Term::from_field_text(f.id, &id));
+                    let mut doc = TantivyDocument::default();
+                    doc.add_text(f.id, &id);
+                    doc.add_text(f.source, serde_json::Value::Object(document.clone()).to_string());
+                    let mut all = String::new();
+                    collect_text(&serde_json::Value::Object(document.clone()), &mut all);
+                    doc.add_text(f.all, all);
+                    doc.add_field_value(f.body, &tantivy::schema::OwnedValue::from(document));
+                    writer
+                        .add_document(doc)
+                        .map(|_| ())
+                        .map_err(|e| BackendError::Invalid(format!("document {id:?}: {e}")))
+                }
+            }
+        });
         if result.is_ok() {
             touched.entry(name).or_insert_with(|| (index.clone(), Vec::new())).1.push(i);
         }
@@ -178,10 +230,7 @@ fn apply(indexes: &Indexes, batch: Vec<Op>) -> Vec<Result<(), BackendError>> {
     }
     for (name, (index, ops)) in touched {
         let committed = index
-            .writer
-            .lock()
-            .map_err(|_| BackendError::Unavailable("tantivy writer lock poisoned".into()))
-            .and_then(|mut w| {
+            .with_writer(|w| {
                 w.commit().map_err(|e| BackendError::Unavailable(format!("tantivy commit of {name}: {e}")))
             })
             .and_then(|_| {
@@ -193,6 +242,7 @@ fn apply(indexes: &Indexes, batch: Vec<Op>) -> Vec<Result<(), BackendError>> {
             }
         }
     }
+    indexes.close_idle_writers();
     results
 }
 
