@@ -197,7 +197,7 @@ async fn down_at_start() {
 async fn broker_restart() {
     let _alone = BROKER.write().unwrap_or_else(|e| e.into_inner());
     let rabbit = Rabbit::new("restart").await;
-    conformance::broker_restart(&rabbit, &test_dir("amqp-restart"), || async {
+    conformance::broker_restart(&rabbit, &test_dir("amqp-restart"), 10, || async {
         let ctl = |cmd: &str| {
             let ok = std::process::Command::new("rabbitmqctl").arg(cmd).status().map(|s| s.success()).unwrap_or(false);
             assert!(ok, "rabbitmqctl {cmd} failed");

@@ -273,7 +273,7 @@ async fn own_jetstream(name: &str) -> (std::path::PathBuf, OwnServer, JetStream)
 async fn jetstream_broker_restart() {
     let (dir, server, broker) = own_jetstream("restart").await;
     let server = tokio::sync::Mutex::new(server);
-    conformance::broker_restart(&broker, &dir, || async {
+    conformance::broker_restart(&broker, &dir, 2, || async {
         server.lock().await.stop("TERM");
         tokio::time::sleep(Duration::from_secs(1)).await;
         server.lock().await.start().await;
@@ -385,4 +385,67 @@ async fn jetstream_pull_lost_with_a_server_restart_is_made_again() {
         host.log()
     );
     assert!(host.terminate().success());
+}
+
+/// Core NATS under overload: its client drops what it cannot buffer, and
+/// the host counts every message dropped, so what was handled and what was
+/// lost add up to what was published: nothing vanishes without a trace.
+#[tokio::test]
+async fn core_nats_counts_every_message_it_drops() {
+    let subject = unique("loss");
+    let dir = tempfile::tempdir().unwrap();
+    let text = format!(
+        r#"
+data_dir = "."
+
+[sources.core]
+type = "nats"
+url = "nats://127.0.0.1:4222"
+subjects = ["{subject}"]
+pending_messages = 8
+
+[tenants.t.grants]
+cache_prefixes = ["faults:"]
+db_tables = ["faults"]
+
+[tenants.t.handlers.faults]
+wasm = "{wasm}"
+
+[[routes]]
+source = "core"
+topic = "*"
+tenant = "t"
+handler = "faults"
+concurrency = 1
+"#,
+        wasm = support::plugin("faults").display()
+    );
+    let path = dir.path().join("switchyard.toml");
+    std::fs::write(&path, text).unwrap();
+    let config = switchyard::Config::load(&path).unwrap();
+    let running = support::started_host(&config).await;
+    let client = async_nats::connect("nats://127.0.0.1:4222").await.unwrap();
+    // Subscribed once a probe is handled; then every probe sent has arrived.
+    while running.stats.snapshot().handled == 0 {
+        client.publish(subject.clone(), br#"{"mode": "ok"}"#.to_vec().into()).await.unwrap();
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    let before = running.stats.snapshot();
+    const SENT: u64 = 3000;
+    for _ in 0..SENT {
+        client.publish(subject.clone(), br#"{"mode": "busy", "delay_ms": 5}"#.to_vec().into()).await.unwrap();
+    }
+    client.flush().await.unwrap();
+    let deadline = std::time::Instant::now() + Duration::from_secs(120);
+    let counted = |s: switchyard::dispatch::stats::Snapshot| s.handled + s.lost - before.handled - before.lost;
+    while counted(running.stats.snapshot()) < SENT {
+        assert!(std::time::Instant::now() < deadline, "{:?} of {SENT} accounted for", running.stats.snapshot());
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let after = running.stats.snapshot();
+    assert!(after.lost > 0, "a buffer of 8 under 3000 messages should drop some: {after:?}");
+    assert_eq!(counted(after), SENT, "handled and lost add up to what was sent: {after:?}");
+    running.shutdown.cancel();
+    running.task.await.unwrap();
 }

@@ -188,7 +188,7 @@ async fn broker_restart() {
     let server = OwnServer::new(&dir);
     server.start().await;
     let broker = Streams::at(&server.url(), "restart").await;
-    conformance::broker_restart(&broker, &dir, || async {
+    conformance::broker_restart(&broker, &dir, 2, || async {
         server.stop();
         tokio::time::sleep(Duration::from_secs(1)).await;
         server.start().await;

@@ -381,24 +381,33 @@ pub async fn scale_out<B: Broker>(broker: &B, dir: &Path) {
 
 /// The broker restarts under load: the host reconnects by itself and every
 /// message published is handled.
-pub async fn broker_restart<B: Broker, R, Fut>(broker: &B, dir: &Path, restart: R)
+pub async fn broker_restart<B: Broker, R, Fut>(broker: &B, dir: &Path, rounds: i64, mut restart: R)
 where
-    R: FnOnce() -> Fut,
+    R: FnMut() -> Fut,
     Fut: Future<Output = ()>,
 {
+    const PER_ROUND: i64 = 40;
     write_config(dir, &broker.source(), &broker.topic(), &Setup::default());
     let mut host = HostProcess::start(dir);
     host.wait_ready().await;
-    publish_many(broker, 0, 100, 10, r#", "busy_ms": 2"#).await;
-    wait_for(60, "the first messages handled", || async { distinct_seqs(&host.rows().await).len() >= 50 }).await;
-    restart().await;
-    publish_many(broker, 100, 100, 10, r#", "busy_ms": 2"#).await;
-    wait_for(120, "all 200 messages handled after the broker restart", || async {
-        distinct_seqs(&host.rows().await).len() == 200
+    // Each restart comes while messages are being handled.
+    for round in 0..rounds {
+        publish_many(broker, round * PER_ROUND, PER_ROUND, 10, r#", "busy_ms": 2"#).await;
+        let some = (round * PER_ROUND + PER_ROUND / 2) as usize;
+        wait_for(120, &format!("messages handled before restart {}", round + 1), || async {
+            distinct_seqs(&host.rows().await).len() >= some
+        })
+        .await;
+        restart().await;
+    }
+    publish_many(broker, rounds * PER_ROUND, PER_ROUND, 10, r#", "busy_ms": 2"#).await;
+    let all = ((rounds + 1) * PER_ROUND) as usize;
+    wait_for(180, &format!("all {all} messages handled after {rounds} broker restarts"), || async {
+        distinct_seqs(&host.rows().await).len() == all
     })
     .await;
-    assert!(host.running(), "the host must survive the broker restart:\n{}", host.log());
-    assert!(host.terminate().success());
+    assert!(host.running(), "the host must survive the broker restarts:\n{}", host.log());
+    assert!(host.terminate().success(), "the host did not exit cleanly after the restarts:\n{}", host.log());
 }
 
 /// A broker that is down at start: the host says so, naming the broker and
