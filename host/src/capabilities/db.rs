@@ -39,7 +39,7 @@ impl CapabilityCtx {
 ///
 /// On PostgreSQL and MySQL this check is the second line: each tenant runs as
 /// a login the server itself holds to these tables (`sql/logins.rs`).
-pub(crate) fn check_tables(granted: &[String], dialect: SqlDialect, sql: &str) -> Result<(), CapabilityFailure> {
+pub fn check_tables(granted: &[String], dialect: SqlDialect, sql: &str) -> Result<(), CapabilityFailure> {
     if granted.is_empty() {
         return Err(CapabilityFailure::Denied("no tables are granted to this tenant".into()));
     }

@@ -281,7 +281,7 @@ impl AmqpSource {
 
 /// AMQP headers as text. Nested tables and arrays (such as `x-death`) are
 /// kept in their debug form, since a handler can only read them.
-fn headers_of(table: &FieldTable) -> Vec<(String, String)> {
+pub fn headers_of(table: &FieldTable) -> Vec<(String, String)> {
     table.inner().iter().map(|(k, v)| (k.to_string(), value_text(v))).collect()
 }
 

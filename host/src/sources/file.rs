@@ -140,7 +140,7 @@ impl Settle for FileSettle {
 }
 
 /// Turn one line into a message, or say why it is not one.
-fn parse_line(source: &str, number: u64, line: &str) -> Result<Message, String> {
+pub fn parse_line(source: &str, number: u64, line: &str) -> Result<Message, String> {
     let parsed: MessageLine = serde_json::from_str(line).map_err(|e| format!("line {number} is not a message: {e}"))?;
     let payload = parsed.payload_bytes().map_err(|e| format!("line {number} {e}"))?;
     Ok(Message {

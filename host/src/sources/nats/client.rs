@@ -94,6 +94,7 @@ pub async fn connect_with_backoff(
     }
 }
 
+/// NATS headers as name and value pairs, every value of a repeated name kept.
 pub fn headers_of(map: Option<&HeaderMap>) -> Vec<(String, String)> {
     let Some(map) = map else { return Vec::new() };
     let mut headers = Vec::new();
@@ -105,14 +106,23 @@ pub fn headers_of(map: Option<&HeaderMap>) -> Vec<(String, String)> {
     headers
 }
 
+/// Name and value pairs as NATS headers. A pair NATS cannot carry (a name
+/// with a control character, a non-ASCII one or `:`, a value with a line
+/// break, which would end the header early) is left out and logged: these
+/// come from handlers and other brokers, and must not fail a publish or
+/// break the protocol.
 pub fn header_map(headers: &[(String, String)]) -> HeaderMap {
     let mut map = HeaderMap::new();
     for (k, v) in headers {
-        map.append(k.as_str(), v.as_str());
+        match k.parse::<async_nats::HeaderName>() {
+            Ok(name) if !k.is_empty() && !v.contains(['\r', '\n']) => map.append(name, v.as_str()),
+            _ => tracing::warn!(header = %k.escape_debug(), "a header NATS cannot carry is left out"),
+        }
     }
     map
 }
 
+/// The first value of the header `name`.
 pub fn find(headers: &[(String, String)], name: &str) -> Option<String> {
     headers.iter().find(|(k, _)| k == name).map(|(_, v)| v.clone())
 }

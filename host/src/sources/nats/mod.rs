@@ -1,6 +1,6 @@
 //! The `nats` and `jetstream` sources and their publisher, through async-nats.
 
-mod client;
+pub mod client;
 pub mod core;
 pub mod jetstream;
 mod publisher;
