@@ -10,6 +10,7 @@ use std::time::Duration;
 use redis::AsyncCommands;
 use redis::streams::StreamRangeReply;
 use support::brokers::{self as conformance, Broker, DeadLetter, test_dir};
+use support::redis_server::OwnServer;
 use support::unique;
 
 fn url() -> String {
@@ -95,53 +96,6 @@ impl Broker for Streams {
 
 /// A `redis-server` of the test's own, on a free port, keeping its data in
 /// an append-only file so a restart loses nothing.
-struct OwnServer {
-    port: u16,
-    dir: std::path::PathBuf,
-}
-
-impl OwnServer {
-    fn new(dir: &std::path::Path) -> Self {
-        let dir = dir.join("redis");
-        std::fs::create_dir_all(&dir).unwrap();
-        Self { port: support::free_port(), dir }
-    }
-
-    fn url(&self) -> String {
-        format!("redis://127.0.0.1:{}", self.port)
-    }
-
-    async fn start(&self) {
-        let ok = std::process::Command::new("redis-server")
-            .args(["--daemonize", "yes", "--bind", "127.0.0.1", "--port", &self.port.to_string(), "--save", ""])
-            .args(["--appendonly", "yes", "--appendfsync", "always", "--dir"])
-            .arg(&self.dir)
-            .args(["--logfile", "redis.log", "--pidfile"])
-            .arg(self.dir.join("redis.pid"))
-            .status()
-            .expect("redis-server must be installed")
-            .success();
-        assert!(ok, "redis-server did not start");
-        for _ in 0..200 {
-            if tokio::net::TcpStream::connect(("127.0.0.1", self.port)).await.is_ok() {
-                return;
-            }
-            tokio::time::sleep(Duration::from_millis(25)).await;
-        }
-        panic!("redis-server did not listen on {}", self.port);
-    }
-
-    fn stop(&self) {
-        let _ = std::process::Command::new("redis-cli").args(["-p", &self.port.to_string(), "shutdown"]).status();
-    }
-}
-
-impl Drop for OwnServer {
-    fn drop(&mut self) {
-        self.stop();
-    }
-}
-
 #[tokio::test]
 async fn ack() {
     conformance::ack(&Streams::new("ack").await, &test_dir("redis-ack")).await;
