@@ -302,11 +302,11 @@ async fn fuzz_http_source() {
         }
     });
     support::wait_for_port(port).await;
-    let good = "POST /orders.placed HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\nswitchyard-key: k\r\n\
+    let good = "POST /topics/orders.placed HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\nswitchyard-key: k\r\n\
                 Content-Length: 9\r\n\r\n{\"a\": 1}\n";
     let seeds = [
         good.to_string(),
-        "POST /t HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\n4\r\nabcd\r\n0\r\n\r\n".into(),
+        "POST /topics/t HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\n4\r\nabcd\r\n0\r\n\r\n".into(),
         "GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n".into(),
     ];
     let dictionary = [

@@ -32,7 +32,9 @@ impl CapabilityCtx {
 /// `SELECT ... INTO`, MySQL's executable comments (`/*! ... */`), Unicode-
 /// escaped names (`U&"..."`), or a function able to reach past the grants or
 /// hold a connection (`set_config`, `query_to_xml`, `pg_*`, `dblink`, `lo_*`,
-/// `load_file`, `sleep`, `benchmark`, `get_lock`). `"*"` grants every table;
+/// `load_file`, `sleep`, `benchmark`, `get_lock`, and the sequence functions,
+/// which name a relation in a string). `"*"` grants every statement: the
+/// tenant runs as the host's own login, by the config's word;
 /// an entry `schema.*` grants every table of that schema, named with its
 /// schema: an unqualified name never matches a schema grant, so the server's
 /// `search_path` cannot widen one. No tables granted refuses every statement.
@@ -42,6 +44,9 @@ impl CapabilityCtx {
 pub fn check_tables(granted: &[String], dialect: SqlDialect, sql: &str) -> Result<(), CapabilityFailure> {
     if granted.is_empty() {
         return Err(CapabilityFailure::Denied("no tables are granted to this tenant".into()));
+    }
+    if granted.iter().any(|t| t == "*") {
+        return Ok(());
     }
     let folded = sql.to_ascii_lowercase();
     if dialect == SqlDialect::MySql && (folded.contains("/*!") || folded.contains("/*m!")) {
@@ -180,8 +185,24 @@ fn escaping_function(name: &ObjectName) -> Option<String> {
     let name = name.trim_matches(['"', '`']).to_string();
     let escapes = ["pg_", "lo_", "dblink", "sys_"].iter().any(|p| name.starts_with(p))
         || ["_to_xml", "_to_xmlschema", "_to_xml_and_xmlschema"].iter().any(|s| name.ends_with(s))
-        || ["set_config", "current_setting", "load_file", "copy", "sleep", "benchmark", "get_lock", "release_lock"]
-            .contains(&name.as_str());
+        || [
+            "set_config",
+            "current_setting",
+            "load_file",
+            "copy",
+            "sleep",
+            "benchmark",
+            "get_lock",
+            "release_lock",
+            // A sequence or table named in a string is no table reference.
+            "nextval",
+            "setval",
+            "currval",
+            "lastval",
+            "to_regclass",
+            "has_table_privilege",
+        ]
+        .contains(&name.as_str());
     escapes.then_some(name)
 }
 
@@ -308,9 +329,10 @@ mod tests {
         denied(MySql, "SELECT sleep(100) FROM orders");
         denied(MySql, "SELECT benchmark(100000000, md5('x')) FROM orders");
         denied(Postgres, "SELECT pg_sleep(100) FROM orders");
-        // The host's own tables, even to a tenant granted everything.
-        let all = check_tables(&["*".to_string()], Postgres, "INSERT INTO switchyard_outbox (id) VALUES (1)");
-        assert!(matches!(all, Err(CapabilityFailure::Denied(_))), "{all:?}");
+        // The host's own tables.
+        denied(Postgres, "INSERT INTO switchyard_outbox (id) VALUES (1)");
+        // A sequence named in a string is no table reference.
+        denied(Postgres, "SELECT nextval('other_id_seq') FROM orders");
         // Nothing granted: nothing runs, not even a statement without tables.
         let none = check_tables(&[], Postgres, "SELECT pg_backend_pid()");
         assert!(matches!(none, Err(CapabilityFailure::Denied(_))), "{none:?}");

@@ -144,7 +144,8 @@ pub fn parse_line(source: &str, number: u64, line: &str) -> Result<Message, Stri
     let parsed: MessageLine = serde_json::from_str(line).map_err(|e| format!("line {number} is not a message: {e}"))?;
     let payload = parsed.payload_bytes().map_err(|e| format!("line {number} {e}"))?;
     Ok(Message {
-        id: parsed.id.unwrap_or_else(|| format!("{source}:{number}")),
+        // An empty id is no id: inbox rows, dead letters and logs need one.
+        id: parsed.id.filter(|id| !id.is_empty()).unwrap_or_else(|| format!("{source}:{number}")),
         topic: parsed.topic,
         key: parsed.key,
         headers: parsed.headers,

@@ -133,7 +133,8 @@ impl Dialect for MySql {
         Box::pin(async move {
             let found = conn
                 .fetch(
-                    "SELECT ID FROM information_schema.PROCESSLIST WHERE USER = ? AND COMMAND = 'Query' AND TIME >= ?",
+                    "SELECT ID FROM information_schema.PROCESSLIST WHERE USER = ? AND COMMAND IN ('Query', 'Execute') \
+                     AND TIME >= ?",
                     &[Value::Text(login.to_string()), Value::Int(limit.as_secs_f64().ceil() as i64)],
                 )
                 .await?;

@@ -103,11 +103,15 @@ impl PageMap {
         let file = PROCESS_PAGEMAP.as_ref()?;
 
         // Check if the `pagemap_scan` ioctl is supported.
+        //
+        // Switchyard (PATCHED.md, part 4): probe with the very arguments the
+        // slot reset scans with (`dirty_page_scan`: the `SWAPPED` category, an
+        // any-of mask, a return mask). A kernel that refuses any of them has
+        // no `PageMap`, and every reset takes the full reset of
+        // `pagemap_disabled`, which is correct whatever is swapped.
         let mut regions = vec![MaybeUninit::uninit(); 1];
-        let pm_scan = PageMapScanBuilder::new(ptr::slice_from_raw_parts(ptr::null_mut(), 0))
+        let pm_scan = dirty_page_scan(ptr::slice_from_raw_parts(ptr::null_mut(), 0))
             .max_pages(1)
-            .return_mask(Categories::empty())
-            .category_mask(Categories::all())
             .build(&mut regions);
 
         // SAFETY: we did our best in the `ioctl` code below to model this ioctl
@@ -136,8 +140,8 @@ impl PageMap {
 /// this function will perform a scan of `ptr` for `len` bytes which will search
 /// for pages that:
 ///
-/// * Are present.
-/// * Have been written.
+/// * Are present, or swapped out (Switchyard, PATCHED.md part 4: upstream
+///   asks for present pages only, see `dirty_page_scan`).
 /// * Are NOT backed by the "zero" page.
 /// * Are NOT backed by a "file" page.
 ///
@@ -170,12 +174,21 @@ impl PageMap {
 /// Putting this all together this helps explain the search criteria for
 /// `PAGEMAP_SCAN`, notably:
 ///
-/// * `Categories::PRESENT` - we're only interested in present pages, anything
+/// * `Categories::PRESENT | Categories::SWAPPED` (any of) - anything
 ///   unmapped wasn't touched by the guest so no need for the host to touch it
-///   either.
+///   either. A page that is mapped but not present is a swap entry (or a
+///   migration entry while the kernel moves the page): its contents are
+///   whatever the guest wrote, so it must be reset too. Such regions come back
+///   with `SWAPPED` set and are decommitted rather than reset in place, which
+///   drops the swap entry without reading the page back in. (Switchyard,
+///   PATCHED.md part 4: upstream requires `PRESENT`, so a dirty page swapped
+///   out was neither reset nor decommitted and the next instance read it.)
 ///
-/// * `Categories::WRITTEN` - if a page was only read by the guest no need to
-///   take a look at it as the contents aren't changed from the initial image.
+/// * Upstream also requires `Categories::WRITTEN`. Without a userfaultfd
+///   write-protect registration, which Wasmtime never makes, the kernel sets
+///   it on every present or swapped page, read-only ones included (those are
+///   excluded by `!PFNZERO`/`!FILE` below). Switchyard does not require it, so
+///   a swapped page is reset even by a kernel that does not call it written.
 ///
 /// * `!Categories::PFNZERO` - if a page is mapped to the zero page then it's
 ///   guaranteed to be readonly and it means that wasm read the memory but
@@ -288,13 +301,10 @@ pub unsafe fn reset_with_pagemap(
     let mut bytes_resident = 0;
     loop {
         let scan_len = end.addr() - start.addr();
-        let scan_arg = PageMapScanBuilder::new(ptr::slice_from_raw_parts(start, scan_len))
+        // Switchyard (PATCHED.md, part 4): present or swapped, see
+        // `dirty_page_scan`.
+        let scan_arg = dirty_page_scan(ptr::slice_from_raw_parts(start, scan_len))
             .max_pages(budget)
-            .category_inverted(Categories::PFNZERO | Categories::FILE)
-            .category_mask(
-                Categories::WRITTEN | Categories::PRESENT | Categories::PFNZERO | Categories::FILE,
-            )
-            .return_mask(Categories::empty())
             .build(&mut storage);
 
         // SAFETY: see the single-scan case this replaces: we control the fd
@@ -321,11 +331,21 @@ pub unsafe fn reset_with_pagemap(
 
         let full = result.regions().len() == MAX_REGIONS;
         for region in result.regions() {
-            // SAFETY: Linux reports regions within the range it was given.
-            unsafe {
-                reset_manually(&mut *region.region().cast_mut());
+            if region.categories().contains(Categories::SWAPPED) {
+                // Switchyard (PATCHED.md, part 4): dirty pages that are not
+                // present (swapped out, or being migrated) are decommitted:
+                // that resets them as the tail past the budget is reset, and
+                // frees their swap without reading them back in. They still
+                // count against the budget, as the kernel's `max_pages`
+                // counts them.
+                decommit(region.start().cast_mut(), region.len());
+            } else {
+                // SAFETY: Linux reports regions within the range it was given.
+                unsafe {
+                    reset_manually(&mut *region.region().cast_mut());
+                }
+                bytes_resident += region.len();
             }
-            bytes_resident += region.len();
             budget = budget.saturating_sub(region.len() / host_page_size);
         }
 
@@ -336,6 +356,32 @@ pub unsafe fn reset_with_pagemap(
         }
         start = walk_end.cast_mut();
     }
+}
+
+/// Switchyard (PATCHED.md, part 4): the scan of a slot for the pages its
+/// reset must deal with. Upstream scans for pages that are
+/// `WRITTEN & PRESENT & !PFNZERO & !FILE`. A page the kernel has swapped out
+/// is `SWAPPED` (and `WRITTEN`) but not `PRESENT`: it was neither reset nor
+/// decommitted, because the scan still walks past it to the end of the slot,
+/// so the next instance in the slot (perhaps another tenant's) read it back
+/// from swap. The same holds for a page caught mid-migration (compaction,
+/// NUMA balancing), whose entry is not present either, with no swap at all.
+///
+/// This scan asks for `(PRESENT | SWAPPED) & !PFNZERO & !FILE`, and returns
+/// `SWAPPED` so that the reset can tell the two apart: without swapped or
+/// migrating pages it reports exactly the regions upstream's scan does, so
+/// the fast path is unchanged. `WRITTEN` is not required: it is set on every
+/// present or swapped page unless userfaultfd write-protects it, which
+/// Wasmtime never asks for, and not depending on it keeps swapped pages in
+/// even where a kernel would not report them as written. `!FILE` still skips
+/// a clean page of the memory image mid-migration, which needs no reset.
+fn dirty_page_scan(region: *const [u8]) -> PageMapScanBuilder {
+    let mut scan = PageMapScanBuilder::new(region);
+    scan.category_inverted(Categories::PFNZERO | Categories::FILE)
+        .category_mask(Categories::PFNZERO | Categories::FILE)
+        .category_anyof_mask(Categories::PRESENT | Categories::SWAPPED)
+        .return_mask(Categories::SWAPPED);
+    scan
 }
 
 mod ioctl {
@@ -456,7 +502,7 @@ mod ioctl {
         ///
         /// For more detail see the `pagemap_scan_is_interesting_page` function
         /// in the Linux kernel source.
-        #[expect(dead_code, reason = "bindings for the future if we need them")]
+        // Switchyard (PATCHED.md, part 4): used by `dirty_page_scan`.
         pub fn category_anyof_mask(&mut self, flags: Categories) -> &mut PageMapScanBuilder {
             self.pm_scan_arg.category_anyof_mask = flags;
             self
@@ -466,6 +512,17 @@ mod ioctl {
         pub fn return_mask(&mut self, flags: Categories) -> &mut PageMapScanBuilder {
             self.pm_scan_arg.return_mask = flags;
             self
+        }
+
+        /// Switchyard (PATCHED.md, part 4): whether the kernel reports a page
+        /// of `categories` to this scan, as `pagemap_scan_is_interesting_page`
+        /// in the kernel's `fs/proc/task_mmu.c` decides it.
+        #[cfg(test)]
+        pub fn selects(&self, categories: Categories) -> bool {
+            let categories = categories ^ self.pm_scan_arg.category_inverted;
+            let mask = self.pm_scan_arg.category_mask;
+            let anyof = self.pm_scan_arg.category_anyof_mask;
+            categories & mask == mask && (anyof.is_empty() || categories.intersects(anyof))
         }
 
         /// Finishes this configuration and flags that the scan results will be
@@ -567,11 +624,8 @@ mod ioctl {
         ///
         /// Note that this will only contain categories specified in
         /// [`PageMapScanBuilder::return_mask`].
+        // Switchyard (PATCHED.md, part 4): the reset reads `SWAPPED` here.
         #[inline]
-        #[cfg_attr(
-            not(test),
-            expect(dead_code, reason = "bindings for the future if we need them")
-        )]
         pub fn categories(&self) -> Categories {
             self.0.categories
         }
@@ -985,5 +1039,171 @@ mod tests {
             result.regions()[1].categories(),
             Categories::WRITTEN | Categories::PFNZERO
         );
+    }
+
+    // Switchyard (PATCHED.md, part 4): the reset scan and swapped pages.
+
+    /// The scan upstream resets with: present, written, not the zero page,
+    /// not a file page.
+    fn upstream_scan() -> PageMapScanBuilder {
+        let mut scan = PageMapScanBuilder::new(ptr::slice_from_raw_parts(ptr::null(), 0));
+        scan.category_inverted(Categories::PFNZERO | Categories::FILE)
+            .category_mask(
+                Categories::WRITTEN | Categories::PRESENT | Categories::PFNZERO | Categories::FILE,
+            );
+        scan
+    }
+
+    #[test]
+    fn dirty_page_scan_selects_present_and_swapped_dirty_pages() {
+        use Categories as C;
+        let scan = super::dirty_page_scan(ptr::slice_from_raw_parts(ptr::null(), 0));
+        // Categories as Linux reports them (`pagemap_page_category`), and
+        // whether the reset must deal with such a page.
+        #[rustfmt::skip]
+        let cases = [
+            (C::PRESENT | C::WRITTEN, true, "written, present"),
+            (C::PRESENT | C::WRITTEN | C::HUGE, true, "written, a transparent huge page"),
+            (C::PRESENT | C::WRITTEN | C::SOFT_DIRTY, true, "written, soft-dirty"),
+            (C::SWAPPED | C::WRITTEN, true, "written, swapped out"),
+            (C::SWAPPED | C::WRITTEN | C::SOFT_DIRTY, true, "written, swapped out, soft-dirty"),
+            (C::SWAPPED, true, "swapped out, not reported as written"),
+            (C::PRESENT, true, "present, not reported as written"),
+            (C::PRESENT | C::WRITTEN | C::PFNZERO, false, "only read: the zero page"),
+            (C::PRESENT | C::WRITTEN | C::FILE, false, "only read: the image's page cache"),
+            (C::SWAPPED | C::WRITTEN | C::FILE, false, "the image's page cache, migrating"),
+            (C::empty(), false, "never touched"),
+            (C::WRITTEN, false, "never touched, as Linux 6.18 reports it"),
+        ];
+        for (categories, reset, what) in cases {
+            assert_eq!(scan.selects(categories), reset, "{what}: {categories:?}");
+        }
+        // The bug: upstream's scan passes over a dirty page swapped out.
+        assert!(upstream_scan().selects(C::PRESENT | C::WRITTEN));
+        assert!(!upstream_scan().selects(C::SWAPPED | C::WRITTEN));
+    }
+
+    #[test]
+    #[cfg(feature = "pooling-allocator")]
+    fn the_probe_accepts_the_reset_scan() {
+        if !ioctl_supported() {
+            return;
+        }
+        assert!(super::PageMap::new().is_some());
+    }
+
+    #[cfg(feature = "pooling-allocator")]
+    /// Whether a swap area is active, so that `MADV_PAGEOUT` can move
+    /// anonymous pages out.
+    fn swap_active() -> bool {
+        std::fs::read_to_string("/proc/swaps").is_ok_and(|s| s.lines().count() > 1)
+    }
+
+    #[cfg(feature = "pooling-allocator")]
+    /// The pages of `mmap` that a scan configured by `configure` reports.
+    fn pages_in(mmap: &MmapAnonymous, configure: impl Fn(&mut PageMapScanBuilder)) -> Vec<usize> {
+        let mut results = Vec::with_capacity(16);
+        let fd = File::open("/proc/self/pagemap").unwrap();
+        let page = rustix::param::page_size();
+        let mut found = Vec::new();
+        let mut start = mmap.ptr.cast::<u8>().cast_const();
+        loop {
+            let len = mmap.end().addr() - start.addr();
+            let mut scan = PageMapScanBuilder::new(ptr::slice_from_raw_parts(start, len));
+            configure(&mut scan);
+            let result = unsafe { ioctl(&fd, scan.build(results.spare_capacity_mut())).unwrap() };
+            for r in result.regions() {
+                let first = (r.start().addr() - mmap.ptr.addr()) / page;
+                found.extend(first..first + r.len() / page);
+            }
+            if result.walk_end() >= mmap.end() {
+                return found;
+            }
+            start = result.walk_end();
+        }
+    }
+
+    /// The whole point of part 4: a dirty page the kernel swapped out is reset.
+    /// Runs only where swap is active (as root: `fallocate -l 256M /swapfile
+    /// && chmod 600 /swapfile && mkswap /swapfile && swapon /swapfile`).
+    #[test]
+    #[cfg(feature = "pooling-allocator")]
+    fn reset_resets_pages_that_were_swapped_out() {
+        if !ioctl_supported() {
+            return;
+        }
+        if !swap_active() {
+            eprintln!("skipped: no swap is active, so no page can be swapped out");
+            return;
+        }
+        use crate::runtime::vm::HostAlignedByteCount;
+        let pagemap = super::PageMap::new().unwrap();
+        let pages = 64;
+        let page = rustix::param::page_size();
+        let mmap = MmapAnonymous::new(pages);
+        for i in 0..pages {
+            mmap.write(i);
+        }
+        // Swap out the even pages, so that swapped and present regions
+        // alternate.
+        for i in (0..pages).step_by(2) {
+            let at = mmap.ptr.cast::<u8>().wrapping_add(i * page);
+            assert_eq!(
+                unsafe { libc::madvise(at.cast(), page, libc::MADV_PAGEOUT) },
+                0
+            );
+        }
+        let swapped = pages_in(&mmap, |scan| {
+            scan.category_mask(Categories::SWAPPED)
+                .return_mask(Categories::SWAPPED);
+        });
+        assert_eq!(
+            swapped,
+            (0..pages).step_by(2).collect::<Vec<_>>(),
+            "MADV_PAGEOUT swapped out every even page"
+        );
+        // Upstream's scan reports only the present (odd) pages: it would
+        // leave the even ones as they are.
+        let upstream = pages_in(&mmap, |scan| {
+            scan.category_inverted(Categories::PFNZERO | Categories::FILE)
+                .category_mask(
+                    Categories::WRITTEN
+                        | Categories::PRESENT
+                        | Categories::PFNZERO
+                        | Categories::FILE,
+                );
+        });
+        assert_eq!(upstream, (1..pages).step_by(2).collect::<Vec<_>>());
+
+        let mut reset = Vec::new();
+        let mut decommitted = Vec::new();
+        let len = HostAlignedByteCount::new(mmap.len).unwrap();
+        let resident = unsafe {
+            super::reset_with_pagemap(
+                Some(&pagemap),
+                mmap.ptr.cast(),
+                len,
+                len,
+                |region| {
+                    reset.push((region.as_ptr().addr() - mmap.ptr.addr()) / page);
+                    region.fill(0);
+                },
+                |at, len| {
+                    if len > 0 {
+                        decommitted.push((at.addr() - mmap.ptr.addr()) / page);
+                    }
+                    assert_eq!(libc::madvise(at.cast(), len, libc::MADV_DONTNEED), 0);
+                },
+            )
+        };
+        // Present pages are reset in place, swapped ones decommitted, each a
+        // region of its own.
+        assert_eq!(reset, (1..pages).step_by(2).collect::<Vec<_>>());
+        assert_eq!(decommitted, (0..pages).step_by(2).collect::<Vec<_>>());
+        assert_eq!(resident, pages / 2 * page);
+        for i in 0..pages {
+            let at = mmap.ptr.cast::<u8>().wrapping_add(i * page);
+            assert_eq!(unsafe { at.read_volatile() }, 0, "page {i} was reset");
+        }
     }
 }
