@@ -62,6 +62,18 @@ pub fn render<'a>(handlers: impl Iterator<Item = (&'a str, &'a str, &'a HandlerM
     out
 }
 
+/// The messages each at-most-once source lost.
+pub fn render_sources(lost: &[(String, u64)]) -> String {
+    let name = "switchyard_source_messages_lost_total";
+    let mut out = format!(
+        "# HELP {name} Messages an at-most-once source (core NATS) dropped before the host got them.\n# TYPE {name} counter\n"
+    );
+    for (source, count) in lost {
+        let _ = writeln!(out, "{name}{{source=\"{}\"}} {count}", escape(source));
+    }
+    out
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -87,16 +99,4 @@ mod tests {
             text.contains("switchyard_handler_duration_seconds_count{tenant=\"shop\",handler=\"say \\\"hi\\\"\"} 3")
         );
     }
-}
-
-/// The messages each at-most-once source lost.
-pub fn render_sources(lost: &[(String, u64)]) -> String {
-    let name = "switchyard_source_messages_lost_total";
-    let mut out = format!(
-        "# HELP {name} Messages an at-most-once source (core NATS) dropped before the host got them.\n# TYPE {name} counter\n"
-    );
-    for (source, count) in lost {
-        let _ = writeln!(out, "{name}{{source=\"{}\"}} {count}", escape(source));
-    }
-    out
 }

@@ -406,7 +406,7 @@ pub async fn tenant_logins(t: &DbUnderTest, hostile: &Hostile, base: &str) {
     // deadline: the server stops it.
     let slept = alpha.query(hostile.sleep, vec![]).await;
     assert!(
-        matches!(&slept, Err(_)) || matches!(&slept, Ok(rows) if rows.rows == vec![vec![Value::Int(1)]]),
+        slept.is_err() || matches!(&slept, Ok(rows) if rows.rows == vec![vec![Value::Int(1)]]),
         "a 30 s sleep was not stopped: {slept:?}"
     );
     // Nor after the session lifts its own limit: the host cancels it. One
@@ -416,7 +416,7 @@ pub async fn tenant_logins(t: &DbUnderTest, hostile: &Hostile, base: &str) {
     tx.execute(hostile.lift_limit, vec![]).await.unwrap();
     let slept = tx.query(hostile.sleep, vec![]).await;
     assert!(
-        matches!(&slept, Err(_)) || matches!(&slept, Ok(rows) if rows.rows == vec![vec![Value::Int(1)]]),
+        slept.is_err() || matches!(&slept, Ok(rows) if rows.rows == vec![vec![Value::Int(1)]]),
         "a 30 s sleep past a lifted limit was not cancelled: {slept:?}"
     );
     drop(tx);
