@@ -116,10 +116,18 @@ impl Dispatcher {
         ready.store(false, Ordering::Relaxed);
         intake.cancel();
         let tasks = Tasks { producers, consumers, relay_stop, relay_task, local_stop, local_task, local_consumer };
-        let drain = tasks.drain(&shared);
-        if !signalled {
-            drain.await;
-        } else if tokio::time::timeout(grace, drain).await.is_err() {
+        // Once stopped, by a signal now or later, the drain has `grace` to finish.
+        let drained = tokio::select! {
+            _ = tasks.drain(&shared) => true,
+            _ = async {
+                shutdown.cancelled().await;
+                if !signalled {
+                    tracing::info!(grace_ms = grace.as_millis() as u64, "shutting down: finishing messages in flight");
+                }
+                tokio::time::sleep(grace).await;
+            } => false,
+        };
+        if !drained {
             tracing::error!(
                 grace_ms = grace.as_millis() as u64,
                 unsettled = shared.stats.pending.load(Ordering::SeqCst),
