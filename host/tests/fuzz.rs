@@ -489,3 +489,62 @@ async fn fuzz_sql_grants_against_postgres() {
         }
     }
 }
+
+#[test]
+fn fuzz_kafka_records() {
+    use rdkafka::message::{Header, OwnedHeaders, OwnedMessage, Timestamp};
+    let seeds = ["switchyard-id\u{0}m1\u{1}switchyard-attempt\u{0}3\u{1}switchyard-topic\u{0}orders".to_string()];
+    let dictionary =
+        ["\u{0}", "\u{1}", "switchyard-attempt", "switchyard-id", "switchyard-topic", "99999999999", "-1", "é"];
+    fuzz("kafka-records", &seeds, &dictionary, |input| {
+        // Bytes become headers: `name \0 value` pairs split by \1, the value's
+        // bytes as they are (a header value is bytes, not text).
+        let mut headers = OwnedHeaders::new();
+        for pair in input.split(|&b| b == 1) {
+            let mut parts = pair.splitn(2, |&b| b == 0);
+            let key = String::from_utf8_lossy(parts.next().unwrap_or_default()).into_owned();
+            headers = headers.insert(Header { key: &key, value: parts.next() });
+        }
+        let record = OwnedMessage::new(
+            Some(input.to_vec()),
+            Some(input.iter().rev().copied().collect()),
+            "orders.retry".into(),
+            Timestamp::CreateTime(i64::from(input.first().copied().unwrap_or(0)) - 100),
+            0,
+            7,
+            Some(headers),
+        );
+        let message = switchyard::sources::kafka::source::kafka_message("k", Some("orders.retry"), &record);
+        if message.id.is_empty() || message.attempt == 0 || message.payload != input {
+            return Err(format!("a record mapped to {message:?}"));
+        }
+        Ok(())
+    });
+}
+
+#[test]
+fn fuzz_redis_stream_entries() {
+    let seeds = ["payload\u{0}{\"a\":1}\u{1}key\u{0}k\u{1}h\u{0}v".to_string()];
+    let dictionary = ["\u{0}", "\u{1}", "payload", "key", "é", "\u{ff}"];
+    fuzz("redis-entries", &seeds, &dictionary, |input| {
+        let mut map = std::collections::HashMap::new();
+        let mut payload = None;
+        for pair in input.split(|&b| b == 1) {
+            let mut parts = pair.splitn(2, |&b| b == 0);
+            let field = String::from_utf8_lossy(parts.next().unwrap_or_default()).into_owned();
+            let value = parts.next().unwrap_or_default().to_vec();
+            if field == "payload" {
+                payload = Some(value.clone());
+            }
+            map.insert(field, redis::Value::BulkString(value));
+        }
+        let id = format!("{}-0", input.len());
+        let entry = redis::streams::StreamId { id: id.clone(), map, ..Default::default() };
+        let message = switchyard::sources::redis_streams::stream_message("r", "s", entry, 1);
+        let expected = payload.unwrap_or_default();
+        if message.id != id || message.payload != expected {
+            return Err(format!("an entry mapped to {message:?}"));
+        }
+        Ok(())
+    });
+}

@@ -119,34 +119,6 @@ impl RedisStreamsSource {
         counts
     }
 
-    fn message(&self, stream: &str, entry: StreamId, attempt: u32) -> Message {
-        let mut payload = Vec::new();
-        let mut key = None;
-        let mut headers = Vec::new();
-        let mut fields: Vec<_> = entry.map.into_iter().collect();
-        fields.sort_by(|a, b| a.0.cmp(&b.0));
-        for (field, value) in fields {
-            let bytes: Vec<u8> = redis::from_redis_value(value).unwrap_or_default();
-            match field.as_str() {
-                "payload" => payload = bytes,
-                "key" => key = Some(String::from_utf8_lossy(&bytes).into_owned()),
-                _ => headers.push((field, String::from_utf8_lossy(&bytes).into_owned())),
-            }
-        }
-        let timestamp_ms = entry.id.split_once('-').and_then(|(ms, _)| ms.parse().ok());
-        Message {
-            id: entry.id,
-            source: self.name.clone(),
-            topic: stream.to_string(),
-            key,
-            headers,
-            payload,
-            attempt,
-            reply_to: None,
-            timestamp_ms,
-        }
-    }
-
     async fn send(
         &self,
         out: &mpsc::Sender<Delivery>,
@@ -168,7 +140,7 @@ impl RedisStreamsSource {
             }
             let attempt = counts.as_ref().and_then(|c| c.get(i).copied()).unwrap_or(1);
             let id = entry.id.clone();
-            let message = self.message(stream, entry, attempt);
+            let message = stream_message(&self.name, stream, entry, attempt);
             let settle = Box::new(RedisSettle { shared: shared.clone(), dead_letter: self.dead_letter(stream), id });
             if out.send(Delivery { message, settle }).await.is_err() {
                 return false;
@@ -381,5 +353,35 @@ impl Publisher for RedisPublisher {
         let _: () =
             pipe.query_async(&mut conn).await.map_err(|e| unavailable(format!("cannot add to streams: {e}")))?;
         Ok(())
+    }
+}
+
+/// A stream entry as a message of source `source`: the `payload` and `key`
+/// fields, every other field a header, the time from the entry's id.
+pub fn stream_message(source: &str, stream: &str, entry: StreamId, attempt: u32) -> Message {
+    let mut payload = Vec::new();
+    let mut key = None;
+    let mut headers = Vec::new();
+    let mut fields: Vec<_> = entry.map.into_iter().collect();
+    fields.sort_by(|a, b| a.0.cmp(&b.0));
+    for (field, value) in fields {
+        let bytes: Vec<u8> = redis::from_redis_value(value).unwrap_or_default();
+        match field.as_str() {
+            "payload" => payload = bytes,
+            "key" => key = Some(String::from_utf8_lossy(&bytes).into_owned()),
+            _ => headers.push((field, String::from_utf8_lossy(&bytes).into_owned())),
+        }
+    }
+    let timestamp_ms = entry.id.split_once('-').and_then(|(ms, _)| ms.parse().ok());
+    Message {
+        id: entry.id,
+        source: source.to_string(),
+        topic: stream.to_string(),
+        key,
+        headers,
+        payload,
+        attempt,
+        reply_to: None,
+        timestamp_ms,
     }
 }

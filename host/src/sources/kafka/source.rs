@@ -149,34 +149,6 @@ impl KafkaSource {
         }
         Ok(())
     }
-
-    fn message(&self, m: &rdkafka::message::BorrowedMessage<'_>) -> Message {
-        let mut headers = Vec::new();
-        if let Some(hs) = m.headers() {
-            for h in hs.iter() {
-                let value = h.value.map(|v| String::from_utf8_lossy(v).into_owned()).unwrap_or_default();
-                headers.push((h.key.to_string(), value));
-            }
-        }
-        let find = |name: &str| headers.iter().find(|(k, _)| k == name).map(|(_, v)| v.clone());
-        let attempt = find(headers::ATTEMPT).and_then(|a| a.parse::<u32>().ok()).unwrap_or(1).max(1);
-        let id = find(headers::ID).unwrap_or_else(|| format!("{}:{}:{}", m.topic(), m.partition(), m.offset()));
-        let topic = match (&self.config.retry_topic, find(headers::TOPIC)) {
-            (Some(retry), Some(origin)) if retry == m.topic() => origin,
-            _ => m.topic().to_string(),
-        };
-        Message {
-            id,
-            source: self.name.clone(),
-            topic,
-            key: m.key().map(|k| String::from_utf8_lossy(k).into_owned()),
-            headers,
-            payload: m.payload().map(<[u8]>::to_vec).unwrap_or_default(),
-            attempt,
-            reply_to: None,
-            timestamp_ms: m.timestamp().to_millis().and_then(|t| u64::try_from(t).ok()),
-        }
-    }
 }
 
 #[async_trait]
@@ -261,7 +233,12 @@ impl Source for KafkaSource {
             };
             // The record borrows the consumer; only owned data goes on.
             let record = match received {
-                Ok(record) => (self.message(&record), record.topic().to_string(), record.partition(), record.offset()),
+                Ok(record) => (
+                    kafka_message(&self.name, self.config.retry_topic.as_deref(), &record),
+                    record.topic().to_string(),
+                    record.partition(),
+                    record.offset(),
+                ),
                 Err(e) => {
                     // librdkafka reconnects by itself, with its own backoff;
                     // this wait only keeps the log from flooding, and stays
@@ -292,5 +269,36 @@ impl Source for KafkaSource {
                 return Ok(());
             }
         }
+    }
+}
+
+/// A Kafka record as a message of source `source`: its headers, its key,
+/// and, for a record on the route's `retry_topic`, the topic it first came
+/// from (the `switchyard-topic` header).
+pub fn kafka_message<M: rdkafka::Message>(source: &str, retry_topic: Option<&str>, m: &M) -> Message {
+    let mut headers = Vec::new();
+    if let Some(hs) = m.headers() {
+        for h in hs.iter() {
+            let value = h.value.map(|v| String::from_utf8_lossy(v).into_owned()).unwrap_or_default();
+            headers.push((h.key.to_string(), value));
+        }
+    }
+    let find = |name: &str| headers.iter().find(|(k, _)| k == name).map(|(_, v)| v.clone());
+    let attempt = find(headers::ATTEMPT).and_then(|a| a.parse::<u32>().ok()).unwrap_or(1).max(1);
+    let id = find(headers::ID).unwrap_or_else(|| format!("{}:{}:{}", m.topic(), m.partition(), m.offset()));
+    let topic = match (retry_topic, find(headers::TOPIC)) {
+        (Some(retry), Some(origin)) if retry == m.topic() => origin,
+        _ => m.topic().to_string(),
+    };
+    Message {
+        id,
+        source: source.to_string(),
+        topic,
+        key: m.key().map(|k| String::from_utf8_lossy(k).into_owned()),
+        headers,
+        payload: m.payload().map(<[u8]>::to_vec).unwrap_or_default(),
+        attempt,
+        reply_to: None,
+        timestamp_ms: m.timestamp().to_millis().and_then(|t| u64::try_from(t).ok()),
     }
 }
