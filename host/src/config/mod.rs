@@ -19,8 +19,8 @@ use serde::Deserialize;
 pub use backends::{BackendsConfig, CacheBackendConfig, DbBackendConfig, SearchBackendConfig, SqlServerConfig};
 pub use routes::RouteConfig;
 pub use sources::{
-    AmqpBinding, AmqpConfig, AmqpExchange, FileConfig, HttpConfig, JetStreamConfig, KafkaConfig, NatsConfig,
-    RedisStreamsConfig, SourceConfig, StartFrom,
+    AmqpBinding, AmqpConfig, AmqpExchange, AmqpQueueMode, FileConfig, HttpConfig, JetStreamConfig, KafkaConfig,
+    NatsConfig, RedisStreamsConfig, SourceConfig, StartFrom,
 };
 pub use tenants::{Grants, HandlerConfig, Limits, MAX_MEMORY_MIB, Quotas, TableGrant, TenantConfig};
 

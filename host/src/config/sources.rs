@@ -93,6 +93,26 @@ pub struct AmqpConfig {
     /// Example: `dead_letter_exchange = "switchyard.dead-letter"` (the default).
     #[serde(default = "defaults::amqp_dead_letter_exchange")]
     pub dead_letter_exchange: String,
+    /// How `queues` are declared. `"durable"` (the default): durable, with
+    /// the dead-letter exchange as their `x-dead-letter-exchange`, so what
+    /// the broker drops itself is dead-lettered too. `"plain"`: as a producer
+    /// declaring a queue with no options does (pika's
+    /// `queue_declare(queue='orders')`): not durable, no arguments, so such a
+    /// producer and the host can both declare it. The host dead-letters its
+    /// own failures either way. Example: `queue_mode = "plain"`.
+    #[serde(default)]
+    pub queue_mode: AmqpQueueMode,
+}
+
+/// How an AMQP source declares its queues.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum AmqpQueueMode {
+    /// Durable, dead-lettering into the dead-letter exchange.
+    #[default]
+    Durable,
+    /// Not durable, no arguments: what a producer declaring it plainly makes.
+    Plain,
 }
 
 /// An exchange to declare.

@@ -34,7 +34,7 @@ use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
 use super::backoff::Backoff;
-use crate::config::AmqpConfig;
+use crate::config::{AmqpConfig, AmqpQueueMode};
 use crate::contract::bindings::Message;
 use crate::contract::bindings::publish::Outgoing;
 use crate::contract::errors::BackendError;
@@ -128,9 +128,15 @@ impl AmqpSource {
                 .await
                 .map_err(|e| failed(&format!("cannot bind {dlq:?} to {dlx:?}"), e))?;
             let mut args = FieldTable::default();
-            args.insert("x-dead-letter-exchange".into(), AMQPValue::LongString(dlx.into()));
-            args.insert("x-dead-letter-routing-key".into(), AMQPValue::LongString(queue.as_str().into()));
-            channel.queue_declare(queue.as_str().into(), durable_queue(), args).await.map_err(|e| {
+            let options = match self.config.queue_mode {
+                AmqpQueueMode::Durable => {
+                    args.insert("x-dead-letter-exchange".into(), AMQPValue::LongString(dlx.into()));
+                    args.insert("x-dead-letter-routing-key".into(), AMQPValue::LongString(queue.as_str().into()));
+                    durable_queue()
+                }
+                AmqpQueueMode::Plain => QueueDeclareOptions::default(),
+            };
+            channel.queue_declare(queue.as_str().into(), options, args).await.map_err(|e| {
                 failed(
                     &format!("cannot declare queue {queue:?} (if it exists with other arguments, it must name {dlx:?} as its x-dead-letter-exchange)"),
                     e,

@@ -1,0 +1,177 @@
+//! The integration scenarios under `examples/`, each run as a user runs it:
+//! the example's own config through a real `switchyard run`, against the
+//! real services, fed by the scenario's producer on the broker's stock
+//! client (pika for RabbitMQ), with the effects read straight from the
+//! backends. Only what a test must own is changed in the config: a queue and
+//! a Redis database of its own, and absolute paths.
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)] // a failed assumption in a test is a failed test
+
+mod support;
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::time::{Duration, Instant};
+
+use sqlx::mysql::MySqlPool;
+use support::host::HostProcess;
+
+fn repo() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("..")
+}
+
+/// A directory holding pika, installed from PyPI into the tool cache once.
+fn pika() -> PathBuf {
+    let cache = std::env::var("SWITCHYARD_CACHE").unwrap_or_else(|_| "/var/cache/switchyard".into());
+    let dir = Path::new(&cache).join("tools/py-pika");
+    if !dir.join("pika").exists() {
+        let ok = Command::new("python3")
+            .args(["-m", "pip", "install", "--quiet", "--target"])
+            .arg(&dir)
+            .arg("pika==1.3.2")
+            .status()
+            .map(|s| s.success())
+            .unwrap_or(false);
+        assert!(ok, "pip install pika into {} failed", dir.display());
+    }
+    dir
+}
+
+/// Run the cache scenario's producer with `args`.
+fn produce(queue: &str, args: &[&str]) {
+    let out = Command::new("python3")
+        .arg(repo().join("examples/cache/producer.py"))
+        .args(["--queue", queue])
+        .args(args)
+        .env("PYTHONPATH", pika())
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "producer {args:?}: {}", String::from_utf8_lossy(&out.stderr));
+}
+
+/// The example's config, with the queue, the Redis database and the paths
+/// of this test.
+fn cache_config(dir: &Path, queue: &str, redis_db: u8) -> String {
+    let text = std::fs::read_to_string(repo().join("examples/cache/switchyard.toml")).unwrap();
+    let text = text
+        .replace("\"cache_update\"", &format!("\"{queue}\""))
+        .replace("redis://127.0.0.1:6379", &format!("redis://127.0.0.1:6379/{redis_db}"))
+        .replace("../../plugins/dist/", &format!("{}/plugins/dist/", repo().display()))
+        .replace("../../.switchyard/cache", &dir.join("data").display().to_string());
+    assert!(text.contains(queue) && text.contains(&format!("6379/{redis_db}")), "the example's config changed shape");
+    text
+}
+
+async fn get(redis: &mut redis::aio::MultiplexedConnection, key: &str) -> Option<serde_json::Value> {
+    let value: Option<Vec<u8>> = redis::cmd("GET").arg(key).query_async(redis).await.unwrap();
+    value.map(|v| serde_json::from_slice(&v).unwrap())
+}
+
+/// Scenario 1, RabbitMQ to Redis: the guide's message as it sends it;
+/// versioned changes shuffled and duplicated, which leave exactly the newest
+/// version (and every deletion) in Redis; a stale change sent afterwards,
+/// which changes nothing; and a warm-up that fills Redis with the hottest
+/// products from MariaDB.
+#[tokio::test]
+async fn cache_scenario_rabbitmq_to_redis_with_versions_and_warm_up() {
+    let dir = support::brokers::test_dir("example-cache");
+    let queue = support::unique("cache_update");
+    let redis_db = 13;
+    std::fs::write(dir.join("switchyard.toml"), cache_config(&dir, &queue, redis_db)).unwrap();
+    let client = redis::Client::open(format!("redis://127.0.0.1:6379/{redis_db}")).unwrap();
+    let mut redis = client.get_multiplexed_async_connection().await.unwrap();
+    let _: () = redis::cmd("FLUSHDB").query_async(&mut redis).await.unwrap();
+    // The hot products, in the example's own table.
+    let mysql = MySqlPool::connect("mysql://root@127.0.0.1:3306/test").await.unwrap();
+    sqlx::raw_sql("DROP TABLE IF EXISTS products").execute(&mysql).await.unwrap();
+    sqlx::raw_sql(
+        "CREATE TABLE products (product_id BIGINT PRIMARY KEY, product_name VARCHAR(255) NOT NULL, \
+         version BIGINT NOT NULL DEFAULT 1, hits BIGINT NOT NULL DEFAULT 0)",
+    )
+    .execute(&mysql)
+    .await
+    .unwrap();
+    for id in 1001..=1030i64 {
+        sqlx::query("INSERT INTO products VALUES (?, ?, 2, ?)")
+            .bind(id)
+            .bind(format!("stored {id}"))
+            .bind((id * 37) % 101)
+            .execute(&mysql)
+            .await
+            .unwrap();
+    }
+
+    let mut host = HostProcess::start(&dir);
+    host.wait_ready().await;
+    produce(&queue, &[]);
+    produce(&queue, &["--changes", "40", "--versions", "5"]);
+    produce(&queue, &["--warmup", "10"]);
+
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        // The warm-up was sent last and the route runs one at a time.
+        if get(&mut redis, "product:1001").await.is_some() || Instant::now() > deadline {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    // The guide's message, stored as the guide's consumer would want it.
+    let guide = get(&mut redis, "product:1").await.expect("the guide's message reached Redis");
+    assert_eq!(guide, serde_json::json!({"product_id": 1, "product_name": "New Product", "version": null}));
+    // Every versioned product at its newest version, whatever the order.
+    for p in 101..141 {
+        let held = get(&mut redis, &format!("product:{p}")).await.unwrap_or_else(|| panic!("product:{p} missing"));
+        let expected = if p % 5 == 0 {
+            serde_json::json!({"product_id": p, "deleted": true, "version": 6})
+        } else {
+            serde_json::json!({"product_id": p, "product_name": format!("product {p} v5"), "version": 5})
+        };
+        assert_eq!(held, expected, "product:{p}");
+    }
+    // The ten hottest products from the table, and none other.
+    let mut by_hits: Vec<i64> = (1001..=1030).collect();
+    by_hits.sort_by_key(|id| (std::cmp::Reverse((id * 37) % 101), *id));
+    for (rank, id) in by_hits.iter().enumerate() {
+        let held = get(&mut redis, &format!("product:{id}")).await;
+        if rank < 10 {
+            assert_eq!(
+                held,
+                Some(serde_json::json!({"product_id": id, "product_name": format!("stored {id}"), "version": 2}))
+            );
+        } else {
+            assert_eq!(held, None, "product {id} is not among the ten hottest");
+        }
+    }
+    // A stale change, then a marker: the marker lands, the stale one does not.
+    produce(&queue, &["--message", r#"{"product_id": 101, "product_name": "stale", "version": 2}"#]);
+    produce(&queue, &["--message", r#"{"product_id": 2, "product_name": "marker"}"#]);
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while get(&mut redis, "product:2").await.is_none() {
+        assert!(Instant::now() < deadline, "the marker never arrived:\n{}", host.log());
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let held = get(&mut redis, "product:101").await.unwrap();
+    assert_eq!(held["product_name"], "product 101 v5", "a stale change overwrote a newer one");
+    assert!(host.terminate().success(), "{}", host.log());
+    let _: () = redis::cmd("FLUSHDB").query_async(&mut redis).await.unwrap();
+}
+
+/// Scenario 1 with nothing installed: the embedded config runs its file of
+/// changes to the end, every message handled.
+#[test]
+fn cache_scenario_runs_embedded() {
+    let dir = tempfile::tempdir().unwrap();
+    let text = std::fs::read_to_string(repo().join("examples/cache/switchyard.embedded.toml")).unwrap();
+    let text = text
+        .replace("../../plugins/dist/", &format!("{}/plugins/dist/", repo().display()))
+        .replace("../../.switchyard/cache-embedded", &dir.path().join("data").display().to_string());
+    std::fs::write(dir.path().join("switchyard.toml"), text).unwrap();
+    std::fs::copy(repo().join("examples/cache/changes.jsonl"), dir.path().join("changes.jsonl")).unwrap();
+    let out = Command::new(env!("CARGO_BIN_EXE_switchyard"))
+        .arg("run")
+        .arg(dir.path().join("switchyard.toml"))
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{stderr}");
+    assert!(stderr.contains("handled 6 | retried 0 | dead-lettered 0"), "{stderr}");
+}
