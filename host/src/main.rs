@@ -159,6 +159,8 @@ fn main() -> std::process::ExitCode {
             tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "warn,switchyard=info".into()),
         )
         .with_writer(std::io::stderr)
+        // Colour only for a person at a terminal, not in a log collector's file.
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()) && std::env::var_os("NO_COLOR").is_none())
         .init();
     let cli = Cli::parse();
     let runtime = match tokio::runtime::Runtime::new() {
