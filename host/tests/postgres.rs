@@ -103,18 +103,18 @@ async fn a_schema_grant_cannot_be_escaped_through_unqualified_names_or_search_pa
         type = "postgres"
         url = "{url}"
 
-        [tenants.t.grants]
+        [tenants.schema.grants]
         db_tables = ["{schema}.*"]
         # The faults handler imports the cache too; the host refuses ungranted imports.
         cache_prefixes = ["faults:"]
 
-        [tenants.t.handlers.faults]
+        [tenants.schema.handlers.faults]
         wasm = "WASM"
 
         [[routes]]
         source = "in"
         topic = "*"
-        tenant = "t"
+        tenant = "schema"
         handler = "faults"
         max_attempts = 1
         "#,

@@ -283,18 +283,18 @@ async fn db_grants(t: &DbUnderTest, base: &str) {
         [backends.db]
         {backend}
 
-        [tenants.t.grants]
+        [tenants.grants.grants]
         db_tables = ["{rows}"]
         # The faults handler imports the cache too; the host refuses ungranted imports.
         cache_prefixes = ["faults:"]
 
-        [tenants.t.handlers.faults]
+        [tenants.grants.handlers.faults]
         wasm = "WASM"
 
         [[routes]]
         source = "in"
         topic = "*"
-        tenant = "t"
+        tenant = "grants"
         handler = "faults"
         max_attempts = 1
         "#,
