@@ -269,7 +269,8 @@ impl AmqpSource {
             .message_id()
             .as_ref()
             .map(|i| i.to_string())
-            .or_else(|| find(headers::ID))
+            .filter(|i| !i.is_empty())
+            .or_else(|| find(headers::ID).filter(|i| !i.is_empty()))
             .unwrap_or_else(|| format!("{queue}:{}", d.delivery_tag));
         Message {
             id,

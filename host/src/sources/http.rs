@@ -87,7 +87,7 @@ impl Settle for HttpSettle {
 
 async fn ingest(State(state): State<Ingest>, Path(topic): Path<String>, headers: HeaderMap, body: Bytes) -> Reply {
     let header = |name: &str| headers.get(name).and_then(|v| v.to_str().ok()).map(str::to_string);
-    let id = header("x-switchyard-id").unwrap_or_else(|| {
+    let id = header("x-switchyard-id").filter(|id| !id.is_empty()).unwrap_or_else(|| {
         format!("{}-{}-{}", state.name, state.started, state.next_id.fetch_add(1, Ordering::Relaxed))
     });
     let message_headers = headers

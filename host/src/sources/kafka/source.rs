@@ -285,7 +285,10 @@ pub fn kafka_message<M: rdkafka::Message>(source: &str, retry_topic: Option<&str
     }
     let find = |name: &str| headers.iter().find(|(k, _)| k == name).map(|(_, v)| v.clone());
     let attempt = find(headers::ATTEMPT).and_then(|a| a.parse::<u32>().ok()).unwrap_or(1).max(1);
-    let id = find(headers::ID).unwrap_or_else(|| format!("{}:{}:{}", m.topic(), m.partition(), m.offset()));
+    // An empty id is no id: inbox rows, dead letters and logs need one.
+    let id = find(headers::ID)
+        .filter(|id| !id.is_empty())
+        .unwrap_or_else(|| format!("{}:{}:{}", m.topic(), m.partition(), m.offset()));
     let topic = match (retry_topic, find(headers::TOPIC)) {
         (Some(retry), Some(origin)) if retry == m.topic() => origin,
         _ => m.topic().to_string(),

@@ -119,6 +119,7 @@ impl Source for CoreSource {
             let headers = headers_of(m.headers.as_ref());
             let id = find(&headers, "Nats-Msg-Id")
                 .or_else(|| find(&headers, headers::ID))
+                .filter(|id| !id.is_empty())
                 .unwrap_or_else(|| format!("{}-{started}-{}", self.name, self.next_id.fetch_add(1, Ordering::Relaxed)));
             let message = Message {
                 id,
