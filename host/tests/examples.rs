@@ -175,3 +175,169 @@ fn cache_scenario_runs_embedded() {
     assert!(out.status.success(), "{stderr}");
     assert!(stderr.contains("handled 6 | retried 0 | dead-lettered 0"), "{stderr}");
 }
+
+/// A directory holding confluent-kafka, installed from PyPI once.
+fn confluent_kafka() -> PathBuf {
+    let cache = std::env::var("SWITCHYARD_CACHE").unwrap_or_else(|_| "/var/cache/switchyard".into());
+    let dir = Path::new(&cache).join("tools/py-kafka");
+    if !dir.join("confluent_kafka").exists() {
+        let ok = Command::new("python3")
+            .args(["-m", "pip", "install", "--quiet", "--target"])
+            .arg(&dir)
+            .arg("confluent-kafka==2.6.1")
+            .status()
+            .map(|s| s.success())
+            .unwrap_or(false);
+        assert!(ok, "pip install confluent-kafka into {} failed", dir.display());
+    }
+    dir
+}
+
+fn produce_kafka(topics: (&str, &str), args: &[&str]) {
+    let brokers = std::env::var("KAFKA_BROKERS").unwrap_or_else(|_| "127.0.0.1:9092".into());
+    let out = Command::new("python3")
+        .arg(repo().join("examples/db/producer.py"))
+        .args(["--brokers", &brokers, "--insert-topic", topics.0, "--sync-topic", topics.1])
+        .args(args)
+        .env("PYTHONPATH", confluent_kafka())
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "producer {args:?}: {}", String::from_utf8_lossy(&out.stderr));
+}
+
+type UserRow = (i64, String, i64, String);
+
+/// Scenario 2, Kafka to MariaDB: the guide's CSV record and a thousand more
+/// reach `users`, once each; change events from a source table, replayed in
+/// whole a second time, leave `users_replica` identical to the source table,
+/// row by row, with a tombstone for every row deleted.
+#[tokio::test]
+async fn db_scenario_kafka_to_mariadb_with_replayed_change_events() {
+    let dir = support::brokers::test_dir("example-db");
+    let insert_topic = support::unique("db_insert");
+    let sync_topic = support::unique("db_sync");
+    let text = std::fs::read_to_string(repo().join("examples/db/switchyard.toml")).unwrap();
+    let brokers = std::env::var("KAFKA_BROKERS").unwrap_or_else(|_| "127.0.0.1:9092".into());
+    let text = text
+        .replace("\"db_insert\"", &format!("\"{insert_topic}\""))
+        .replace("\"db_sync\"", &format!("\"{sync_topic}\""))
+        .replace("\"test-group\"", &format!("\"{}\"", support::unique("group")))
+        .replace("127.0.0.1:9092", &brokers)
+        .replace("../../plugins/dist/", &format!("{}/plugins/dist/", repo().display()))
+        .replace("../../.switchyard/db", &dir.join("data").display().to_string());
+    std::fs::write(dir.join("switchyard.toml"), text).unwrap();
+    let mysql = MySqlPool::connect("mysql://root@127.0.0.1:3306/test").await.unwrap();
+    for table in ["users", "users_replica", "users_source"] {
+        sqlx::raw_sql(&format!("DROP TABLE IF EXISTS {table}")).execute(&mysql).await.unwrap();
+    }
+    sqlx::raw_sql(
+        "CREATE TABLE users_source (id BIGINT PRIMARY KEY, name VARCHAR(255) NOT NULL, age INT NOT NULL, city VARCHAR(255) NOT NULL)",
+    )
+    .execute(&mysql)
+    .await
+    .unwrap();
+
+    let mut host = HostProcess::start(&dir);
+    host.wait_ready().await;
+    let topics = (insert_topic.as_str(), sync_topic.as_str());
+    produce_kafka(topics, &[]);
+    produce_kafka(topics, &["--records", "1000"]);
+
+    // Change events, applied to the source table as they are made.
+    let mut events = Vec::new();
+    let mut versions = std::collections::BTreeMap::new();
+    let mut seed = 12345u64;
+    for n in 0..400 {
+        seed = seed.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
+        let id = (seed >> 33) % 40 + 1;
+        let version = versions.entry(id).and_modify(|v| *v += 1).or_insert(1i64);
+        if (seed >> 20).is_multiple_of(5) {
+            events.push(serde_json::json!({"op": "delete", "id": id, "version": version}));
+            sqlx::query("DELETE FROM users_source WHERE id = ?").bind(id as i64).execute(&mysql).await.unwrap();
+        } else {
+            let (name, age, city) = (format!("name {id}.{n}"), 18 + (n % 60) as i64, format!("city {}", n % 7));
+            events.push(serde_json::json!({"op": "upsert", "id": id, "version": version, "name": name, "age": age, "city": city}));
+            sqlx::query("REPLACE INTO users_source (id, name, age, city) VALUES (?, ?, ?, ?)")
+                .bind(id as i64)
+                .bind(&name)
+                .bind(age)
+                .bind(&city)
+                .execute(&mysql)
+                .await
+                .unwrap();
+        }
+    }
+    let file = dir.join("changes.jsonl");
+    let lines: Vec<String> = events.iter().map(|e| e.to_string()).collect();
+    std::fs::write(&file, lines.join("\n") + "\n").unwrap();
+    let file = file.display().to_string();
+    produce_kafka(topics, &["--events", &file]);
+
+    let source: Vec<UserRow> =
+        sqlx::query_as("SELECT id, name, age, city FROM users_source ORDER BY id").fetch_all(&mysql).await.unwrap();
+    let replica = || async {
+        sqlx::query_as::<_, UserRow>("SELECT id, name, age, city FROM users_replica WHERE deleted = 0 ORDER BY id")
+            .fetch_all(&mysql)
+            .await
+            .unwrap()
+    };
+    let wait_identical = |what: &'static str| {
+        let (source, replica) = (&source, &replica);
+        async move {
+            let deadline = Instant::now() + Duration::from_secs(120);
+            loop {
+                if replica().await == *source {
+                    return;
+                }
+                assert!(Instant::now() < deadline, "{what}: the replica never matched the source");
+                tokio::time::sleep(Duration::from_millis(200)).await;
+            }
+        }
+    };
+    wait_identical("after the events").await;
+    // The whole topic again: nothing changes.
+    produce_kafka(topics, &["--events", &file]);
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    wait_identical("after replaying every event").await;
+    let tombstones: i64 =
+        sqlx::query_scalar("SELECT count(*) FROM users_replica WHERE deleted = 1").fetch_one(&mysql).await.unwrap();
+    assert_eq!(tombstones as usize, versions.len() - source.len(), "a tombstone for every row deleted at the source");
+
+    // Every record once, the guide's among them.
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        let users: i64 = sqlx::query_scalar("SELECT count(*) FROM users").fetch_one(&mysql).await.unwrap();
+        if users >= 1001 || Instant::now() > deadline {
+            assert_eq!(users, 1001, "every record once");
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    let guide: (String, i64, String) =
+        sqlx::query_as("SELECT name, age, city FROM users WHERE name = 'user1' ORDER BY id LIMIT 1")
+            .fetch_one(&mysql)
+            .await
+            .unwrap();
+    assert_eq!(guide, ("user1".into(), 25, "New York".into()));
+    assert!(host.terminate().success(), "{}", host.log());
+}
+
+/// Scenario 2 with nothing installed: the embedded config's file, into SQLite.
+#[test]
+fn db_scenario_runs_embedded() {
+    let dir = tempfile::tempdir().unwrap();
+    let text = std::fs::read_to_string(repo().join("examples/db/switchyard.embedded.toml")).unwrap();
+    let text = text
+        .replace("../../plugins/dist/", &format!("{}/plugins/dist/", repo().display()))
+        .replace("../../.switchyard/db-embedded", &dir.path().join("data").display().to_string());
+    std::fs::write(dir.path().join("switchyard.toml"), text).unwrap();
+    std::fs::copy(repo().join("examples/db/records.jsonl"), dir.path().join("records.jsonl")).unwrap();
+    let out = Command::new(env!("CARGO_BIN_EXE_switchyard"))
+        .arg("run")
+        .arg(dir.path().join("switchyard.toml"))
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{stderr}");
+    assert!(stderr.contains("handled 8 | retried 0 | dead-lettered 0"), "{stderr}");
+}
