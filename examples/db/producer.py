@@ -23,7 +23,7 @@ def main() -> None:
     parser.add_argument("--events", help="a file of change events, one JSON object per line")
     args = parser.parse_args()
 
-    producer = Producer({"bootstrap.servers": args.brokers, "enable.idempotence": True})
+    producer = Producer({"bootstrap.servers": args.brokers})
     sent = 0
     if args.events:
         with open(args.events) as events:
