@@ -57,9 +57,10 @@ pub trait DbBackend: Send + Sync {
 
     /// A backend that runs `tenant`'s statements as a database login of its
     /// own, which the server holds to exactly the tenant's tables, or `None`
-    /// when this backend has no logins (SQLite) or is configured to run every
-    /// tenant as its own login: the tenant then shares this backend, held by
-    /// the host's statement check alone.
+    /// when this backend has no logins (SQLite), is configured to run every
+    /// tenant as the host's own login, or the tenant is granted every table
+    /// or none: the tenant then shares this backend, held by the host's
+    /// statement check alone.
     async fn for_tenant(&self, _tenant: &TenantAccess) -> Result<Option<Arc<dyn DbBackend>>, BackendError> {
         Ok(None)
     }
