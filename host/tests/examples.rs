@@ -38,8 +38,13 @@ fn pika() -> PathBuf {
 
 /// Run the cache scenario's producer with `args`.
 fn produce(queue: &str, args: &[&str]) {
+    produce_with("cache", queue, args);
+}
+
+/// Run the pika producer of scenario `example` with `args`.
+fn produce_with(example: &str, queue: &str, args: &[&str]) {
     let out = Command::new("python3")
-        .arg(repo().join("examples/cache/producer.py"))
+        .arg(repo().join(format!("examples/{example}/producer.py")))
         .args(["--queue", queue])
         .args(args)
         .env("PYTHONPATH", pika())
@@ -340,4 +345,104 @@ fn db_scenario_runs_embedded() {
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(out.status.success(), "{stderr}");
     assert!(stderr.contains("handled 8 | retried 0 | dead-lettered 0"), "{stderr}");
+}
+
+/// The last `handled N` of a host's progress lines.
+fn handled(log: &str) -> u64 {
+    log.lines()
+        .filter_map(|l| l.split("handled ").nth(1)?.split_whitespace().next()?.parse().ok())
+        .next_back()
+        .unwrap_or(0)
+}
+
+/// Scenario 3, RabbitMQ to Elasticsearch, with two hosts on the queue:
+/// the guide's article is searchable once its message is acked, an update
+/// replaces it and a delete removes it; then a reindex job of 3,000 articles
+/// is shared by the two hosts and reaches the server in `_bulk` requests.
+/// The server is an ELASTICSEARCH-API TEST SERVER (`support/es_server.rs`),
+/// not Elasticsearch, which cannot be installed here.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn search_scenario_rabbitmq_to_elasticsearch_with_two_hosts() {
+    let (es_url, es) = support::es_server::start().await;
+    let queue = support::unique("es_index_update");
+    let base = support::brokers::test_dir("example-search");
+    let text = std::fs::read_to_string(repo().join("examples/search/switchyard.toml")).unwrap();
+    let mut hosts = Vec::new();
+    for name in ["a", "b"] {
+        let dir = base.join(name);
+        std::fs::create_dir_all(&dir).unwrap();
+        let text = text
+            .replace("\"es_index_update\"", &format!("\"{queue}\""))
+            .replace("http://127.0.0.1:9200", &es_url)
+            .replace("../../plugins/dist/", &format!("{}/plugins/dist/", repo().display()))
+            .replace("../../.switchyard/search", &dir.join("data").display().to_string());
+        std::fs::write(dir.join("switchyard.toml"), text).unwrap();
+        let host = HostProcess::start(&dir);
+        host.wait_ready().await;
+        hosts.push(host);
+    }
+    let article = |id: &str| es.indexes.lock().unwrap().get("articles").and_then(|docs| docs.get(id).cloned());
+    async fn wait(what: &str, done: impl Fn() -> bool) {
+        let deadline = Instant::now() + Duration::from_secs(60);
+        while !done() {
+            assert!(Instant::now() < deadline, "timed out waiting for {what}");
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+    produce_with("search", &queue, &[]);
+    wait("the guide's article", || article("New Article").is_some()).await;
+    assert_eq!(article("New Article").unwrap()["content"], "This is the content of the new article");
+    produce_with("search", &queue, &["--message", r#"{"title": "New Article", "content": "revised"}"#]);
+    wait("the update", || article("New Article").is_some_and(|a| a["content"] == "revised")).await;
+    produce_with("search", &queue, &["--message", r#"{"title": "New Article", "deleted": true}"#]);
+    wait("the delete", || article("New Article").is_none()).await;
+
+    let bulk_before = es.bulk_requests.load(std::sync::atomic::Ordering::Relaxed);
+    let items_before = es.bulk_items.load(std::sync::atomic::Ordering::Relaxed);
+    produce_with("search", &queue, &["--reindex", "3000"]);
+    let count = || es.indexes.lock().unwrap().get("articles").map_or(0, |docs| docs.len());
+    wait("the reindex job", || count() == 3000).await;
+    assert_eq!(article("a1234").unwrap()["title"], "Article 1234");
+    let requests = es.bulk_requests.load(std::sync::atomic::Ordering::Relaxed) - bulk_before;
+    let items = es.bulk_items.load(std::sync::atomic::Ordering::Relaxed) - items_before;
+    // Batches grow while a request is in flight; this test server answers at
+    // once, so they stay small here, but some carry several articles.
+    eprintln!("the reindex job: {items} index actions in {requests} _bulk requests");
+    assert!(items >= 3000 && requests < items, "3000 articles went out in {requests} _bulk requests, one each");
+    // Both hosts took part, as their progress lines show.
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    for host in &mut hosts {
+        let log = host.log();
+        assert!(handled(&log) > 0, "a host handled nothing of the job:\n{log}");
+        assert!(host.terminate().success(), "{}", host.log());
+    }
+}
+
+/// Scenario 3 with nothing installed: the embedded config's file into a
+/// Tantivy index, which then holds the revised article and not the deleted one.
+#[test]
+fn search_scenario_runs_embedded() {
+    let dir = tempfile::tempdir().unwrap();
+    let text = std::fs::read_to_string(repo().join("examples/search/switchyard.embedded.toml")).unwrap();
+    let text = text
+        .replace("../../plugins/dist/", &format!("{}/plugins/dist/", repo().display()))
+        .replace("../../.switchyard/search-embedded", &dir.path().join("data").display().to_string());
+    let config = dir.path().join("switchyard.toml");
+    std::fs::write(&config, text).unwrap();
+    std::fs::copy(repo().join("examples/search/articles.jsonl"), dir.path().join("articles.jsonl")).unwrap();
+    let out = Command::new(env!("CARGO_BIN_EXE_switchyard")).arg("run").arg(&config).output().unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success() && stderr.contains("handled 4 | retried 0 | dead-lettered 0"), "{stderr}");
+    let search = |query: &str| {
+        let out = Command::new(env!("CARGO_BIN_EXE_switchyard"))
+            .args(["search"])
+            .arg(&config)
+            .args(["articles", query])
+            .output()
+            .unwrap();
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    };
+    let revised = search("content:revised");
+    assert!(revised.contains("New Article"), "{revised}");
+    assert!(!search("content:another").contains("Second"), "the deleted article is still found");
 }
