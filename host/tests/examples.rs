@@ -71,6 +71,23 @@ async fn get(redis: &mut redis::aio::MultiplexedConnection, key: &str) -> Option
     value.map(|v| serde_json::from_slice(&v).unwrap())
 }
 
+/// Run example `example`'s embedded config on its file `input` to the end,
+/// in a directory of its own; the directory, the config and the log.
+fn run_embedded(example: &str, input: &str) -> (tempfile::TempDir, PathBuf, String) {
+    let dir = tempfile::tempdir().unwrap();
+    let text = std::fs::read_to_string(repo().join(format!("examples/{example}/switchyard.embedded.toml"))).unwrap();
+    let text = text
+        .replace("../../plugins/dist/", &format!("{}/plugins/dist/", repo().display()))
+        .replace(&format!("../../.switchyard/{example}-embedded"), &dir.path().join("data").display().to_string());
+    let config = dir.path().join("switchyard.toml");
+    std::fs::write(&config, text).unwrap();
+    std::fs::copy(repo().join(format!("examples/{example}/{input}")), dir.path().join(input)).unwrap();
+    let out = Command::new(env!("CARGO_BIN_EXE_switchyard")).arg("run").arg(&config).output().unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr).into_owned();
+    assert!(out.status.success(), "{stderr}");
+    (dir, config, stderr)
+}
+
 /// Scenario 1, RabbitMQ to Redis: the guide's message as it sends it;
 /// versioned changes shuffled and duplicated, which leave exactly the newest
 /// version (and every deletion) in Redis; a stale change sent afterwards,
@@ -164,20 +181,7 @@ async fn cache_scenario_rabbitmq_to_redis_with_versions_and_warm_up() {
 /// changes to the end, every message handled.
 #[test]
 fn cache_scenario_runs_embedded() {
-    let dir = tempfile::tempdir().unwrap();
-    let text = std::fs::read_to_string(repo().join("examples/cache/switchyard.embedded.toml")).unwrap();
-    let text = text
-        .replace("../../plugins/dist/", &format!("{}/plugins/dist/", repo().display()))
-        .replace("../../.switchyard/cache-embedded", &dir.path().join("data").display().to_string());
-    std::fs::write(dir.path().join("switchyard.toml"), text).unwrap();
-    std::fs::copy(repo().join("examples/cache/changes.jsonl"), dir.path().join("changes.jsonl")).unwrap();
-    let out = Command::new(env!("CARGO_BIN_EXE_switchyard"))
-        .arg("run")
-        .arg(dir.path().join("switchyard.toml"))
-        .output()
-        .unwrap();
-    let stderr = String::from_utf8_lossy(&out.stderr);
-    assert!(out.status.success(), "{stderr}");
+    let (_dir, _, stderr) = run_embedded("cache", "changes.jsonl");
     assert!(stderr.contains("handled 6 | retried 0 | dead-lettered 0"), "{stderr}");
 }
 
@@ -330,20 +334,7 @@ async fn db_scenario_kafka_to_mariadb_with_replayed_change_events() {
 /// Scenario 2 with nothing installed: the embedded config's file, into SQLite.
 #[test]
 fn db_scenario_runs_embedded() {
-    let dir = tempfile::tempdir().unwrap();
-    let text = std::fs::read_to_string(repo().join("examples/db/switchyard.embedded.toml")).unwrap();
-    let text = text
-        .replace("../../plugins/dist/", &format!("{}/plugins/dist/", repo().display()))
-        .replace("../../.switchyard/db-embedded", &dir.path().join("data").display().to_string());
-    std::fs::write(dir.path().join("switchyard.toml"), text).unwrap();
-    std::fs::copy(repo().join("examples/db/records.jsonl"), dir.path().join("records.jsonl")).unwrap();
-    let out = Command::new(env!("CARGO_BIN_EXE_switchyard"))
-        .arg("run")
-        .arg(dir.path().join("switchyard.toml"))
-        .output()
-        .unwrap();
-    let stderr = String::from_utf8_lossy(&out.stderr);
-    assert!(out.status.success(), "{stderr}");
+    let (_dir, _, stderr) = run_embedded("db", "records.jsonl");
     assert!(stderr.contains("handled 8 | retried 0 | dead-lettered 0"), "{stderr}");
 }
 
@@ -422,17 +413,8 @@ async fn search_scenario_rabbitmq_to_elasticsearch_with_two_hosts() {
 /// Tantivy index, which then holds the revised article and not the deleted one.
 #[test]
 fn search_scenario_runs_embedded() {
-    let dir = tempfile::tempdir().unwrap();
-    let text = std::fs::read_to_string(repo().join("examples/search/switchyard.embedded.toml")).unwrap();
-    let text = text
-        .replace("../../plugins/dist/", &format!("{}/plugins/dist/", repo().display()))
-        .replace("../../.switchyard/search-embedded", &dir.path().join("data").display().to_string());
-    let config = dir.path().join("switchyard.toml");
-    std::fs::write(&config, text).unwrap();
-    std::fs::copy(repo().join("examples/search/articles.jsonl"), dir.path().join("articles.jsonl")).unwrap();
-    let out = Command::new(env!("CARGO_BIN_EXE_switchyard")).arg("run").arg(&config).output().unwrap();
-    let stderr = String::from_utf8_lossy(&out.stderr);
-    assert!(out.status.success() && stderr.contains("handled 4 | retried 0 | dead-lettered 0"), "{stderr}");
+    let (_dir, config, stderr) = run_embedded("search", "articles.jsonl");
+    assert!(stderr.contains("handled 4 | retried 0 | dead-lettered 0"), "{stderr}");
     let search = |query: &str| {
         let out = Command::new(env!("CARGO_BIN_EXE_switchyard"))
             .args(["search"])

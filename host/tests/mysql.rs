@@ -40,15 +40,20 @@ impl Direct for My {
     }
 }
 
-#[tokio::test]
-async fn mysql_passes_the_db_conformance() {
+/// The backend on the test's server, with the test's own connection beside it.
+async fn under_test() -> DbUnderTest {
     let db: Arc<dyn DbBackend> = Arc::new(SqlServer::<MySql>::open(&options()).await.unwrap());
-    let t = DbUnderTest {
+    DbUnderTest {
         backend_toml: format!("type = \"mysql\"\nurl = \"{}\"", url()),
         db,
         direct: Box::new(My(MySqlPool::connect(&url()).await.unwrap())),
         types: ["BOOLEAN", "BIGINT", "DOUBLE", "TEXT", "BLOB", "JSON", "DATETIME(6)"],
-    };
+    }
+}
+
+#[tokio::test]
+async fn mysql_passes_the_db_conformance() {
+    let t = under_test().await;
     conformance::db(&t, &conformance::unique("conf")).await;
 }
 
@@ -111,13 +116,7 @@ async fn a_saga_survives_a_crash_at_each_step_with_effects_exactly_once() {
 
 #[tokio::test]
 async fn each_tenant_runs_as_a_login_the_server_holds_to_its_grant() {
-    let db: Arc<dyn DbBackend> = Arc::new(SqlServer::<MySql>::open(&options()).await.unwrap());
-    let t = DbUnderTest {
-        backend_toml: format!("type = \"mysql\"\nurl = \"{}\"", url()),
-        db,
-        direct: Box::new(My(MySqlPool::connect(&url()).await.unwrap())),
-        types: ["BOOLEAN", "BIGINT", "DOUBLE", "TEXT", "BLOB", "JSON", "DATETIME(6)"],
-    };
+    let t = under_test().await;
     let hostile = conformance::Hostile {
         serial: "BIGINT AUTO_INCREMENT PRIMARY KEY",
         whoami: "SELECT SUBSTRING_INDEX(CURRENT_USER(), '@', 1)",

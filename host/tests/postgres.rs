@@ -43,15 +43,20 @@ impl Direct for Pg {
     }
 }
 
-#[tokio::test]
-async fn postgres_passes_the_db_conformance() {
+/// The backend on the test's server, with the test's own connection beside it.
+async fn under_test() -> DbUnderTest {
     let db: Arc<dyn DbBackend> = Arc::new(SqlServer::<Postgres>::open(&options()).await.unwrap());
-    let t = DbUnderTest {
+    DbUnderTest {
         backend_toml: format!("type = \"postgres\"\nurl = \"{}\"", url()),
         db,
         direct: Box::new(Pg(PgPool::connect(&url()).await.unwrap())),
         types: ["BOOLEAN", "BIGINT", "DOUBLE PRECISION", "TEXT", "BYTEA", "JSONB", "TIMESTAMPTZ"],
-    };
+    }
+}
+
+#[tokio::test]
+async fn postgres_passes_the_db_conformance() {
+    let t = under_test().await;
     conformance::db(&t, &conformance::unique("conf")).await;
 }
 
@@ -225,13 +230,7 @@ async fn a_saga_survives_a_crash_at_each_step_with_effects_exactly_once() {
 
 #[tokio::test]
 async fn each_tenant_runs_as_a_login_the_server_holds_to_its_grant() {
-    let db: Arc<dyn DbBackend> = Arc::new(SqlServer::<Postgres>::open(&options()).await.unwrap());
-    let t = DbUnderTest {
-        backend_toml: format!("type = \"postgres\"\nurl = \"{}\"", url()),
-        db,
-        direct: Box::new(Pg(PgPool::connect(&url()).await.unwrap())),
-        types: ["BOOLEAN", "BIGINT", "DOUBLE PRECISION", "TEXT", "BYTEA", "JSONB", "TIMESTAMPTZ"],
-    };
+    let t = under_test().await;
     let hostile = conformance::Hostile {
         serial: "BIGSERIAL PRIMARY KEY",
         whoami: "SELECT current_user::text",
