@@ -19,21 +19,27 @@ fn repo() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("..")
 }
 
-/// A directory holding pika, installed from PyPI into the tool cache once.
-fn pika() -> PathBuf {
+/// A directory holding the PyPI package `requirement` (importable as
+/// `module`), installed into `tools/<dir>` of the tool cache once.
+fn python_tool(dir: &str, requirement: &str, module: &str) -> PathBuf {
     let cache = std::env::var("SWITCHYARD_CACHE").unwrap_or_else(|_| "/var/cache/switchyard".into());
-    let dir = Path::new(&cache).join("tools/py-pika");
-    if !dir.join("pika").exists() {
+    let dir = Path::new(&cache).join("tools").join(dir);
+    if !dir.join(module).exists() {
         let ok = Command::new("python3")
             .args(["-m", "pip", "install", "--quiet", "--target"])
             .arg(&dir)
-            .arg("pika==1.3.2")
+            .arg(requirement)
             .status()
             .map(|s| s.success())
             .unwrap_or(false);
-        assert!(ok, "pip install pika into {} failed", dir.display());
+        assert!(ok, "pip install {requirement} into {} failed", dir.display());
     }
     dir
+}
+
+/// A directory holding pika, RabbitMQ's stock Python client.
+fn pika() -> PathBuf {
+    python_tool("py-pika", "pika==1.3.2", "pika")
 }
 
 /// Run the cache scenario's producer with `args`.
@@ -185,21 +191,9 @@ fn cache_scenario_runs_embedded() {
     assert!(stderr.contains("handled 6 | retried 0 | dead-lettered 0"), "{stderr}");
 }
 
-/// A directory holding confluent-kafka, installed from PyPI once.
+/// A directory holding confluent-kafka, Kafka's stock Python client.
 fn confluent_kafka() -> PathBuf {
-    let cache = std::env::var("SWITCHYARD_CACHE").unwrap_or_else(|_| "/var/cache/switchyard".into());
-    let dir = Path::new(&cache).join("tools/py-kafka");
-    if !dir.join("confluent_kafka").exists() {
-        let ok = Command::new("python3")
-            .args(["-m", "pip", "install", "--quiet", "--target"])
-            .arg(&dir)
-            .arg("confluent-kafka==2.6.1")
-            .status()
-            .map(|s| s.success())
-            .unwrap_or(false);
-        assert!(ok, "pip install confluent-kafka into {} failed", dir.display());
-    }
-    dir
+    python_tool("py-kafka", "confluent-kafka==2.6.1", "confluent_kafka")
 }
 
 fn produce_kafka(topics: (&str, &str), args: &[&str]) {

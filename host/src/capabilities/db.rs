@@ -52,7 +52,8 @@ pub fn check_tables(granted: &[String], dialect: SqlDialect, sql: &str) -> Resul
     if dialect == SqlDialect::MySql && (folded.contains("/*!") || folded.contains("/*m!")) {
         return Err(CapabilityFailure::Denied("executable comments (/*! ... */) are not granted".into()));
     }
-    if folded.replace(char::is_whitespace, "").contains("u&") && dialect == SqlDialect::Postgres {
+    // PostgreSQL reads `U&` only with nothing between the two characters.
+    if dialect == SqlDialect::Postgres && folded.contains("u&") {
         return Err(CapabilityFailure::Denied("Unicode-escaped names and strings (U&) are not granted".into()));
     }
     let parser: &dyn Dialect = match dialect {
