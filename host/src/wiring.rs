@@ -14,6 +14,7 @@ use tokio_util::sync::CancellationToken;
 use crate::admin::api::Admin;
 use crate::admin::watch;
 use crate::capabilities::backends::elasticsearch::{ElasticsearchOptions, ElasticsearchSearch};
+use crate::capabilities::backends::http::PooledHttp;
 use crate::capabilities::backends::memory::MemoryCache;
 use crate::capabilities::backends::redis::RedisCache;
 use crate::capabilities::backends::sql::mysql::MySql;
@@ -109,7 +110,8 @@ pub async fn open_backends(config: &Config) -> Result<Backends, HostError> {
         DbBackendConfig::Mysql(server) => Arc::new(SqlServer::<MySql>::open(server).await.map_err(failed("db"))?),
     };
     let search = open_search(config).map_err(failed("search"))?;
-    Ok(Backends { cache, db, search })
+    let http = Arc::new(PooledHttp::new().map_err(failed("http"))?);
+    Ok(Backends { cache, db, search, http })
 }
 
 /// The search backend named in the config, alone.
@@ -151,7 +153,12 @@ async fn tenant_backends(config: &Config, tenant: &str, shared: &Arc<Backends>) 
         transactional: routes.clone().any(|r| r.transactional),
     };
     match shared.db.for_tenant(&access).await {
-        Ok(Some(db)) => Ok(Arc::new(Backends { cache: shared.cache.clone(), db, search: shared.search.clone() })),
+        Ok(Some(db)) => Ok(Arc::new(Backends {
+            cache: shared.cache.clone(),
+            db,
+            search: shared.search.clone(),
+            http: shared.http.clone(),
+        })),
         Ok(None) => Ok(shared.clone()),
         Err(error) => Err(HostError::Backend { capability: "db", error }),
     }
@@ -241,6 +248,8 @@ impl Host {
                 max_publish_bytes: q.max_publish_bytes.unwrap_or(d.max_publish_bytes),
                 max_log_bytes: q.max_log_bytes.unwrap_or(d.max_log_bytes),
                 max_indexes: q.max_indexes.unwrap_or(d.max_indexes),
+                max_http_requests: q.max_http_requests.unwrap_or(d.max_http_requests),
+                max_http_response_bytes: q.max_http_response_bytes.unwrap_or(d.max_http_response_bytes),
             };
             let grants = tenant.grants.clone();
             caps.insert(name, Arc::new(Capabilities { backends, grants, output, indexes: Default::default() }));

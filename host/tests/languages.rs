@@ -510,8 +510,12 @@ async fn four_languages_fail_the_same_way_on_capability_errors() {
     for (lang, plugin) in load_all(&runtime) {
         let dir = tempfile::tempdir().unwrap();
         let embedded = embedded_backends(dir.path()).await;
-        let down =
-            Arc::new(Backends { cache: Arc::new(DownCache), db: embedded.db.clone(), search: embedded.search.clone() });
+        let down = Arc::new(Backends {
+            cache: Arc::new(DownCache),
+            db: embedded.db.clone(),
+            search: embedded.search.clone(),
+            http: embedded.http.clone(),
+        });
         let ctx = context(Capabilities::unrestricted(down), lang);
         for payload in [&set[..], &delete[..]] {
             let outcome = runtime.invoke(&plugin, &message(0, payload), &ctx).await.outcome;

@@ -9,6 +9,7 @@ use std::path::Path;
 use std::sync::Arc;
 use std::time::Instant;
 
+use switchyard::capabilities::backends::http::PooledHttp;
 use switchyard::capabilities::backends::memory::MemoryCache;
 use switchyard::capabilities::context::{Backends, Capabilities};
 use switchyard::config::Limits;
@@ -48,7 +49,8 @@ pub async fn dispatch(plugin: &Path, messages: u32) -> Result<DispatchReport, Be
     let runtime = Arc::new(Runtime::new(RuntimeOptions::default())?);
     let plugin = Arc::new(runtime.load(plugin)?);
     let cache: Arc<dyn CacheBackend> = Arc::new(MemoryCache::new(1000));
-    let backends = Arc::new(Backends { cache, db: Arc::new(Unused), search: Arc::new(Unused) });
+    let http = Arc::new(PooledHttp::new()?);
+    let backends = Arc::new(Backends { cache, db: Arc::new(Unused), search: Arc::new(Unused), http });
     let ctx = InvokeContext {
         caps: Arc::new(Capabilities::unrestricted(backends)),
         limits: Limits::default(),

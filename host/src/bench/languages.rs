@@ -4,6 +4,7 @@
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use switchyard::capabilities::backends::http::PooledHttp;
 use switchyard::capabilities::backends::memory::MemoryCache;
 use switchyard::capabilities::context::{Backends, Capabilities};
 use switchyard::config::Limits;
@@ -49,7 +50,8 @@ pub async fn languages(
     let options = RuntimeOptions { cache_dir: Some(cache_dir.path().to_path_buf()), ..RuntimeOptions::default() };
     let runtime = Runtime::new(options)?;
     let cache: Arc<dyn CacheBackend> = Arc::new(MemoryCache::new(1000));
-    let backends = Arc::new(Backends { cache, db: Arc::new(Unused), search: Arc::new(Unused) });
+    let http = Arc::new(PooledHttp::new()?);
+    let backends = Arc::new(Backends { cache, db: Arc::new(Unused), search: Arc::new(Unused), http });
     let caps = Arc::new(Capabilities::unrestricted(backends));
     let msg = product_change();
     let mut reports = Vec::new();

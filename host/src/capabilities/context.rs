@@ -14,6 +14,7 @@ use crate::contract::bindings::{CapabilityError, types};
 use crate::contract::cache::CacheBackend;
 use crate::contract::db::{DbBackend, DbTransaction};
 use crate::contract::errors::CapabilityFailure;
+use crate::contract::http::HttpClient;
 use crate::contract::search::SearchBackend;
 
 /// The largest cache value, search document or published payload a handler
@@ -28,6 +29,8 @@ pub struct Backends {
     pub db: Arc<dyn DbBackend>,
     /// The search backend.
     pub search: Arc<dyn SearchBackend>,
+    /// The outbound HTTP client, its connection pool shared by every tenant.
+    pub http: Arc<dyn HttpClient>,
 }
 
 /// What one tenant's handlers can reach: the shared backends, seen through the
@@ -58,11 +61,22 @@ pub struct OutputLimits {
     /// Search indexes the tenant may write to (per host, not per message):
     /// each open index costs the backend threads and files.
     pub max_indexes: usize,
+    /// HTTP requests, redirects included.
+    pub max_http_requests: usize,
+    /// The largest HTTP response body, in bytes.
+    pub max_http_response_bytes: usize,
 }
 
 impl Default for OutputLimits {
     fn default() -> Self {
-        Self { max_publishes: 1000, max_publish_bytes: MAX_VALUE_BYTES, max_log_bytes: 64 << 10, max_indexes: 64 }
+        Self {
+            max_publishes: 1000,
+            max_publish_bytes: MAX_VALUE_BYTES,
+            max_log_bytes: 64 << 10,
+            max_indexes: 64,
+            max_http_requests: 100,
+            max_http_response_bytes: 4 << 20,
+        }
     }
 }
 
@@ -82,6 +96,7 @@ impl Capabilities {
                 db_tables: vec!["*".into()],
                 search_prefixes: all,
                 publish: vec!["*".into()],
+                allowed_hosts: vec!["http://*:*".into(), "https://*:*".into()],
             },
             output: OutputLimits { max_indexes: usize::MAX, ..OutputLimits::default() },
             indexes: Default::default(),
@@ -123,6 +138,10 @@ pub struct CapabilityCtx {
     pub(crate) logged_bytes: usize,
     /// Log lines dropped past the limit.
     pub log_lines_dropped: u64,
+    /// When the handler's time is up: HTTP requests end by then.
+    pub deadline: Option<std::time::Instant>,
+    /// HTTP requests sent so far, redirects included.
+    pub(crate) http_requests: usize,
 }
 
 impl CapabilityCtx {
@@ -139,6 +158,8 @@ impl CapabilityCtx {
             published_bytes: 0,
             logged_bytes: 0,
             log_lines_dropped: 0,
+            deadline: None,
+            http_requests: 0,
         }
     }
 
@@ -216,6 +237,15 @@ pub enum Effect {
         index: String,
         /// The document id.
         id: String,
+    },
+    /// `http.send`, one per hop.
+    Http {
+        /// The method.
+        method: String,
+        /// The URL.
+        url: String,
+        /// The response's status.
+        status: u16,
     },
     /// `publish.publish`.
     Publish {

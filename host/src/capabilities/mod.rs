@@ -7,6 +7,7 @@ pub mod backends;
 pub mod cache;
 pub mod context;
 pub mod db;
+pub mod http;
 pub mod log;
 pub mod publish;
 pub mod search;

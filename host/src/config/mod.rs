@@ -22,7 +22,9 @@ pub use sources::{
     AmqpBinding, AmqpConfig, AmqpExchange, AmqpQueueMode, FileConfig, HttpConfig, JetStreamConfig, KafkaConfig,
     NatsConfig, RedisStreamsConfig, SourceConfig, StartFrom,
 };
-pub use tenants::{Grants, HandlerConfig, Limits, MAX_MEMORY_MIB, Quotas, TableGrant, TenantConfig};
+pub use tenants::{
+    Grants, HandlerConfig, HostMatch, HostPattern, Limits, MAX_MEMORY_MIB, Quotas, TableGrant, TenantConfig,
+};
 
 /// A config file that could not be used.
 #[derive(Debug, thiserror::Error)]

@@ -43,6 +43,13 @@ pub struct Grants {
     /// Example: `publish = ["order.*"]`.
     #[serde(default)]
     pub publish: Vec<String>,
+    /// Where the handler may send HTTP requests: `scheme://host[:port]`
+    /// patterns. The host may start with `*.` (any subdomain) or be `*`
+    /// (any host); the port may be `*`, and without one it is the scheme's
+    /// own (80, 443). Redirects are held to the same list. Example:
+    /// `allowed_hosts = ["https://api.mail.example", "http://127.0.0.1:*"]`.
+    #[serde(default)]
+    pub allowed_hosts: Vec<String>,
 }
 
 /// A tenant's quotas. The resource limits cap every handler's and route's
@@ -84,6 +91,14 @@ pub struct Quotas {
     /// `max_indexes = 64` (the default).
     #[serde(default)]
     pub max_indexes: Option<usize>,
+    /// HTTP requests one invocation may send, redirects included.
+    /// Example: `max_http_requests = 100` (the default).
+    #[serde(default)]
+    pub max_http_requests: Option<usize>,
+    /// The largest HTTP response body a handler may receive, in bytes.
+    /// Example: `max_http_response_bytes = 4194304` (the default, 4 MiB).
+    #[serde(default)]
+    pub max_http_response_bytes: Option<usize>,
 }
 
 impl Quotas {
@@ -173,6 +188,79 @@ impl<'a> TableGrant<'a> {
     }
 }
 
+/// One entry of `allowed_hosts`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct HostPattern {
+    /// `http` or `https`.
+    pub scheme: String,
+    /// What the host must be.
+    pub host: HostMatch,
+    /// The port, or none for any.
+    pub port: Option<u16>,
+}
+
+/// The host part of a [`HostPattern`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum HostMatch {
+    /// `*`: any host.
+    Any,
+    /// `*.example.com`: any name ending in `.example.com`.
+    Subdomain(String),
+    /// Exactly this name or address.
+    Exact(String),
+}
+
+impl HostPattern {
+    /// Parse an entry of `allowed_hosts`; anything else is refused with the reason.
+    pub fn parse(entry: &str) -> Result<Self, String> {
+        let Some((scheme, rest)) = entry.split_once("://") else {
+            return Err(format!("{entry:?} has no scheme; write it as `https://host` or `http://host:port`"));
+        };
+        let default_port = match scheme {
+            "http" => 80,
+            "https" => 443,
+            _ => return Err(format!("{entry:?}: the scheme must be http or https")),
+        };
+        if rest.contains(['/', '?', '#', '@']) || rest.chars().any(|c| c.is_whitespace() || c.is_control()) {
+            return Err(format!("{entry:?} names more than a host and port"));
+        }
+        // An IPv6 address keeps its brackets, as a URL's host does.
+        let (host, port) = match rest.rfind(':') {
+            Some(i) if !rest[i..].contains(']') => (&rest[..i], Some(&rest[i + 1..])),
+            _ => (rest, None),
+        };
+        let port = match port {
+            None => Some(default_port),
+            Some("*") => None,
+            Some(p) => Some(p.parse::<u16>().map_err(|_| format!("{entry:?}: {p:?} is not a port or `*`"))?),
+        };
+        let host = host.to_ascii_lowercase();
+        let host = if host == "*" {
+            HostMatch::Any
+        } else if let Some(domain) = host.strip_prefix("*.") {
+            if domain.is_empty() || domain.contains('*') {
+                return Err(format!("{entry:?}: `*.` must be followed by a domain"));
+            }
+            HostMatch::Subdomain(format!(".{domain}"))
+        } else if host.is_empty() || host.contains('*') {
+            return Err(format!("{entry:?}: a host is a name, an address, `*.domain` or `*`"));
+        } else {
+            HostMatch::Exact(host)
+        };
+        Ok(Self { scheme: scheme.to_string(), host, port })
+    }
+
+    /// Whether a URL's scheme, host (lowercase, as a URL holds it) and port match.
+    pub fn matches(&self, scheme: &str, host: &str, port: u16) -> bool {
+        let host_ok = match &self.host {
+            HostMatch::Any => true,
+            HostMatch::Subdomain(suffix) => host.len() > suffix.len() && host.ends_with(suffix.as_str()),
+            HostMatch::Exact(name) => host == name,
+        };
+        self.scheme == scheme && host_ok && self.port.is_none_or(|p| p == port)
+    }
+}
+
 /// `name` if it is a plain SQL identifier.
 fn identifier(name: &str) -> Result<&str, String> {
     let mut chars = name.chars();
@@ -215,11 +303,56 @@ impl Grants {
                 return Err(("search_prefixes".into(), format!("no index name can start with {prefix:?}")));
             }
         }
+        for entry in &self.allowed_hosts {
+            HostPattern::parse(entry).map_err(|e| ("allowed_hosts".to_string(), e))?;
+        }
         for prefix in &self.cache_prefixes {
             if prefix.chars().any(char::is_control) {
                 return Err(("cache_prefixes".into(), format!("{prefix:?} holds a control character")));
             }
         }
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn host_patterns_match_scheme_host_and_port() {
+        let exact = HostPattern::parse("https://API.mail.example").unwrap();
+        assert!(exact.matches("https", "api.mail.example", 443));
+        assert!(!exact.matches("http", "api.mail.example", 443), "another scheme");
+        assert!(!exact.matches("https", "api.mail.example", 8443), "another port");
+        assert!(!exact.matches("https", "evil.api.mail.example", 443), "a subdomain is another host");
+
+        let sub = HostPattern::parse("https://*.example.com:*").unwrap();
+        assert!(sub.matches("https", "a.b.example.com", 9000));
+        assert!(!sub.matches("https", "example.com", 443), "`*.` needs a subdomain");
+        assert!(!sub.matches("https", "badexample.com", 443));
+
+        let v6 = HostPattern::parse("http://[::1]:8080").unwrap();
+        assert!(v6.matches("http", "[::1]", 8080));
+        assert_eq!(HostPattern::parse("http://[::1]").unwrap().port, Some(80));
+        assert!(HostPattern::parse("http://*:*").unwrap().matches("http", "anything", 1));
+    }
+
+    #[test]
+    fn malformed_host_patterns_are_refused_with_the_reason() {
+        for (entry, reason) in [
+            ("api.example", "has no scheme"),
+            ("ftp://api.example", "the scheme must be http or https"),
+            ("https://api.example/path", "names more than a host and port"),
+            ("https://user@api.example", "names more than a host and port"),
+            ("https://api.example:99999", "is not a port"),
+            ("https://a*.example", "a host is a name"),
+            ("https://*.", "`*.` must be followed by a domain"),
+        ] {
+            let err = HostPattern::parse(entry).unwrap_err();
+            assert!(err.contains(reason), "{entry}: {err}");
+        }
+        let grants = Grants { allowed_hosts: vec!["api.example".into()], ..Grants::default() };
+        assert_eq!(grants.validate().unwrap_err().0, "allowed_hosts");
     }
 }

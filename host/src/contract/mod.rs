@@ -1,5 +1,5 @@
 //! The ground floor: the WIT contract's one `bindgen!`, the error types a
-//! guest and a backend see, the ports every capability backend, publisher and
+//! guest and a backend see, the ports every capability backend (and the outbound HTTP client), publisher and
 //! source implements, and the `switchyard-*` header names. It imports
 //! nothing else from the crate, so every other floor can build on it.
 
@@ -9,6 +9,7 @@ pub mod cache;
 pub mod db;
 pub mod errors;
 pub mod headers;
+pub mod http;
 pub mod publish;
 pub mod search;
 pub mod source;

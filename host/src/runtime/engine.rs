@@ -279,6 +279,7 @@ impl Runtime {
             caps.effects = Some(Vec::new());
         }
         caps.transaction = transaction;
+        caps.deadline = Some(started + Duration::from_millis(limits.timeout_ms));
         let mut store = self.store(ctx, caps);
         // Every tick, a handler still running in WebAssembly either hits its
         // deadline or steps aside: it sleeps for LONG_RUNNING_PAUSE ticks

@@ -348,6 +348,7 @@ fn check_imports(runtime: &Runtime, plugin: &Plugin, grants: &Grants) -> Result<
             "switchyard:handler/cache" if grants.cache_prefixes.is_empty() => Some("cache key prefixes"),
             "switchyard:handler/db" if grants.db_tables.is_empty() => Some("database tables"),
             "switchyard:handler/search" if grants.search_prefixes.is_empty() => Some("search index prefixes"),
+            "switchyard:handler/http" if grants.allowed_hosts.is_empty() => Some("HTTP hosts (allowed_hosts)"),
             _ => None,
         };
         if let Some(capability) = needed {

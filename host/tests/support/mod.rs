@@ -7,6 +7,7 @@ pub mod backends;
 pub mod brokers;
 pub mod es_server;
 pub mod host;
+pub mod http_server;
 pub mod redis_server;
 pub mod saga;
 

@@ -46,6 +46,33 @@ pub use bindings::export;
 pub use bindings::switchyard::handler::types::{CapabilityError, HandlerError, Message, RetryRequest};
 pub use bindings::switchyard::handler::{cache, db, publish, search};
 
+/// Outbound HTTP, and what a response means for the message.
+pub mod http {
+    pub use crate::bindings::switchyard::handler::http::{Request, Response, send};
+    use crate::{HandlerError, reject, retry};
+
+    /// `response` if its status is a success (2xx). A 429 or 5xx asks for a
+    /// retry, after the `Retry-After` seconds if the server gave them (else
+    /// `fallback`); any other status rejects, naming it and the start of the body.
+    pub fn success(response: Response, fallback: std::time::Duration) -> Result<Response, HandlerError> {
+        let status = response.status;
+        if (200..300).contains(&status) {
+            return Ok(response);
+        }
+        let body: String = String::from_utf8_lossy(&response.body).chars().take(200).collect();
+        if status == 429 || status >= 500 {
+            let after = response
+                .headers
+                .iter()
+                .find(|(n, _)| n.eq_ignore_ascii_case("retry-after"))
+                .and_then(|(_, v)| v.trim().parse::<u64>().ok())
+                .map_or(fallback, std::time::Duration::from_secs);
+            return Err(retry(after, format!("HTTP {status}: {body}")));
+        }
+        Err(reject(format!("HTTP {status}: {body}")))
+    }
+}
+
 /// A permanent failure: the message is dead-lettered now, with `reason`.
 pub fn reject(reason: impl Into<String>) -> HandlerError {
     HandlerError::Reject(reason.into())

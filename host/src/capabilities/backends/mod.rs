@@ -4,6 +4,7 @@
 
 pub mod batch;
 pub mod elasticsearch;
+pub mod http;
 pub mod memory;
 pub mod redis;
 pub mod sql;
