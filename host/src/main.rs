@@ -48,6 +48,9 @@ enum Command {
         /// A header, as name=value; repeatable.
         #[arg(long = "header", value_parser = parse_header)]
         headers: Vec<(String, String)>,
+        /// A setting the handler reads with `settings.get`, as name=value; repeatable.
+        #[arg(long = "setting", value_parser = parse_header)]
+        settings: Vec<(String, String)>,
         /// The attempt number the handler sees.
         #[arg(long, default_value_t = 1)]
         attempt: u32,
@@ -143,7 +146,7 @@ enum PluginsAction {
 }
 
 fn parse_header(s: &str) -> Result<(String, String), String> {
-    let (name, value) = s.split_once('=').ok_or_else(|| format!("header {s:?} is not name=value"))?;
+    let (name, value) = s.split_once('=').ok_or_else(|| format!("{s:?} is not name=value"))?;
     Ok((name.to_string(), value.to_string()))
 }
 
@@ -182,7 +185,19 @@ fn main() -> std::process::ExitCode {
 async fn dispatch_command(command: Command) -> anyhow::Result<std::process::ExitCode> {
     match command {
         Command::Run { config } => run(&config).await,
-        Command::Invoke { wasm, topic, payload, key, headers, attempt, data_dir, init_sql, timeout_ms, memory_mib } => {
+        Command::Invoke {
+            wasm,
+            topic,
+            payload,
+            key,
+            headers,
+            settings,
+            attempt,
+            data_dir,
+            init_sql,
+            timeout_ms,
+            memory_mib,
+        } => {
             let message = Message {
                 id: "invoke-1".into(),
                 source: "invoke".into(),
@@ -195,7 +210,7 @@ async fn dispatch_command(command: Command) -> anyhow::Result<std::process::Exit
                 timestamp_ms: None,
             };
             let limits = Limits { memory_mib, timeout_ms, fuel: None };
-            invoke(&wasm, message, data_dir, init_sql, limits).await
+            invoke(&wasm, message, data_dir, init_sql, limits, settings).await
         }
         Command::Check { config } => check(&config),
         Command::Plugins { admin, token, action } => plugins(&admin, token.as_deref(), action).await,
@@ -259,6 +274,7 @@ async fn invoke(
     data_dir: Option<PathBuf>,
     init_sql: Vec<String>,
     limits: Limits,
+    settings: Vec<(String, String)>,
 ) -> anyhow::Result<std::process::ExitCode> {
     let temp;
     let data_dir = match data_dir {
@@ -284,6 +300,7 @@ async fn invoke(
         tenant: "invoke".into(),
         handler: wasm.display().to_string().into(),
         record_effects: true,
+        settings: Arc::new(settings.into_iter().collect()),
     };
     let invocation = runtime.invoke(&plugin, &message, &ctx).await;
     let outcome = match &invocation.outcome {

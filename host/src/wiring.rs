@@ -265,13 +265,15 @@ impl Host {
             ) else {
                 continue; // `Config::validate` already refused dangling names.
             };
-            let handler_limits = tenant.handlers.get(&route.handler).map(|h| h.limits).unwrap_or_default();
+            let handler = tenant.handlers.get(&route.handler);
+            let handler_limits = handler.map(|h| h.limits).unwrap_or_default();
             let invoke = InvokeContext {
                 caps: tenant_caps.clone(),
                 limits: tenant.quotas.cap(route.limits.unwrap_or(handler_limits)),
                 tenant: route.tenant.as_str().into(),
                 handler: route.handler.as_str().into(),
                 record_effects: false,
+                settings: Arc::new(handler.map(|h| h.settings.clone()).unwrap_or_default()),
             };
             routes.push(Route::new(route, invoke, slot.clone(), quota.clone()));
         }

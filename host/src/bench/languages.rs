@@ -70,6 +70,7 @@ pub async fn languages(
             tenant: "bench".into(),
             handler: label.as_str().into(),
             record_effects: false,
+            settings: Default::default(),
         };
         let outcome = runtime.invoke(&plugin, &msg, &ctx).await.outcome;
         if outcome != Outcome::Ok {

@@ -11,3 +11,4 @@ pub mod http;
 pub mod log;
 pub mod publish;
 pub mod search;
+pub mod settings;

@@ -125,6 +125,12 @@ pub struct HandlerConfig {
     /// Resource limits for each invocation.
     #[serde(default)]
     pub limits: Limits,
+    /// Settings the handler reads with `settings.get`, such as a service's
+    /// URL, so one component runs in many places. Not for secrets: they
+    /// show in the config. Default: none.
+    /// Example: `settings = { mail_api = "https://mail.example/send" }`.
+    #[serde(default)]
+    pub settings: BTreeMap<String, String>,
 }
 
 /// Resource limits applied to every invocation of a handler.

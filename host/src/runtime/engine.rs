@@ -1,6 +1,7 @@
 //! The engine on the pooling allocator, and the invocation of one handler on
 //! one message in a fresh store with memory, time and fuel limits.
 
+use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -156,6 +157,8 @@ pub struct InvokeContext {
     pub handler: Arc<str>,
     /// Keep a record of every capability call in [`Invocation::effects`].
     pub record_effects: bool,
+    /// The handler's settings, which it reads through `settings.get`.
+    pub settings: Arc<BTreeMap<String, String>>,
 }
 
 /// The engine, the linker with every host function, and the ticker that
@@ -279,6 +282,7 @@ impl Runtime {
             caps.effects = Some(Vec::new());
         }
         caps.transaction = transaction;
+        caps.settings = ctx.settings.clone();
         caps.deadline = Some(started + Duration::from_millis(limits.timeout_ms));
         let mut store = self.store(ctx, caps);
         // Every tick, a handler still running in WebAssembly either hits its
