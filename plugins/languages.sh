@@ -1,10 +1,11 @@
 #!/usr/bin/env bash
 # Installs the guest toolchains for Python, JavaScript and C (pinned versions,
 # each only if missing) into $SWITCHYARD_CACHE/tools, then builds the
-# cache-update handler in each language into plugins/dist/. The Rust one is
-# built by `make plugins` with the other Rust plugins.
+# cache-update handler in each language, and the events example's Python and
+# JavaScript handlers, into plugins/dist/. The Rust ones are built by
+# `make plugins` with the other Rust plugins.
 #
-#   plugins/languages.sh           install what is missing, build the three handlers
+#   plugins/languages.sh           install what is missing, build the handlers
 #   plugins/languages.sh tools     install what is missing, build nothing
 #   plugins/languages.sh env       print the PATH line that puts the tools first
 #
@@ -141,6 +142,17 @@ build() {
   if ! fresh $out wit/handler.wit plugins/cache-update-js/*.js; then
     echo "== building $out"
     quietly "$JS/componentize-js" plugins/cache-update-js/app.js -w wit -n handler -d http fetch-event -o $out
+  fi
+  # The events example's handlers, in Python and JavaScript.
+  out=plugins/dist/welcome_email.wasm
+  if ! fresh $out wit/handler.wit examples/events/plugins/welcome-email/*.py examples/events/plugins/welcome-email/wit/*.wit; then
+    echo "== building $out"
+    quietly "$PY/componentize-py" -d examples/events/plugins/welcome-email/wit -w welcome-email componentize -p examples/events/plugins/welcome-email app -o $out
+  fi
+  out=plugins/dist/profile.wasm
+  if ! fresh $out wit/handler.wit examples/events/plugins/profile/*.js examples/events/plugins/profile/wit/*.wit; then
+    echo "== building $out"
+    quietly "$JS/componentize-js" examples/events/plugins/profile/app.js -w examples/events/plugins/profile/wit -n profile -d http fetch-event -o $out
   fi
   out=plugins/dist/cache_update_c.wasm
   if ! fresh $out wit/handler.wit plugins/cache-update-c/*.c plugins/cache-update-c/*.h; then

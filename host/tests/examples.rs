@@ -424,3 +424,160 @@ fn search_scenario_runs_embedded() {
     assert!(revised.contains("New Article"), "{revised}");
     assert!(!search("content:another").contains("Second"), "the deleted article is still found");
 }
+
+/// A directory holding nats-py, NATS's stock Python client.
+fn nats_py() -> PathBuf {
+    python_tool("py-nats", "nats-py==2.16.0", "nats")
+}
+
+/// Run the events scenario's producer with `args`; its standard output.
+fn produce_events(args: &[&str]) -> String {
+    let out = Command::new("python3")
+        .arg(repo().join("examples/events/producer.py"))
+        .args(args)
+        .env("PYTHONPATH", nats_py())
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "producer {args:?}: {}", String::from_utf8_lossy(&out.stderr));
+    String::from_utf8(out.stdout).unwrap()
+}
+
+/// The example's stand-in mail API, stopped when dropped.
+struct MailApi(std::process::Child);
+
+impl Drop for MailApi {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+/// The requests the mail API logged, one JSON object each.
+fn mail_requests(log: &Path) -> Vec<serde_json::Value> {
+    let text = std::fs::read_to_string(log).unwrap_or_default();
+    text.lines().map(|l| serde_json::from_str(l).unwrap()).collect()
+}
+
+/// Wait until the mail API has logged a request matching `done`.
+async fn wait_for_mail(log: &Path, what: &str, done: impl Fn(&[serde_json::Value]) -> bool) {
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while !done(&mail_requests(log)) {
+        assert!(Instant::now() < deadline, "{what}: {:?}", mail_requests(log));
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+/// Scenario 5, NATS between services: the guide's message on
+/// `serviceB.event`; registrations through JetStream that store profiles in
+/// Redis and send welcome mails through the example's mail API over HTTP;
+/// the profile service answering requests with them; and a crash after a
+/// mail was sent and before its message was acked, after which the message
+/// comes again with the same idempotency key and the mail API, which
+/// deduplicates on it, sends nothing twice.
+#[tokio::test]
+async fn events_scenario_nats_with_a_mail_api_and_request_reply() {
+    let dir = support::brokers::test_dir("example-events");
+    let token = support::unique("svc");
+    let (mail_port, redis_db) = (support::free_port(), 12);
+    let text = std::fs::read_to_string(repo().join("examples/events/switchyard.toml")).unwrap();
+    let text = text
+        .replace("\"SERVICEB\"", &format!("\"{}\"", token.to_uppercase()))
+        .replace("serviceB", &token)
+        .replace("profile.get", &format!("{token}.profile.get"))
+        .replace("consumer = \"mailer\"", &format!("consumer = \"{token}\""))
+        .replace("ack_wait_ms = 10000", "ack_wait_ms = 2000")
+        .replace("127.0.0.1:8025", &format!("127.0.0.1:{mail_port}"))
+        .replace("redis://127.0.0.1:6379", &format!("redis://127.0.0.1:6379/{redis_db}"))
+        .replace("../../plugins/dist/", &format!("{}/plugins/dist/", repo().display()))
+        .replace("../../.switchyard/events", &dir.join("data").display().to_string());
+    assert!(!text.contains("serviceB") && text.contains("ack_wait_ms = 2000"), "the example's config changed shape");
+    std::fs::write(dir.join("switchyard.toml"), text).unwrap();
+    let client = redis::Client::open(format!("redis://127.0.0.1:6379/{redis_db}")).unwrap();
+    let mut redis = client.get_multiplexed_async_connection().await.unwrap();
+    let _: () = redis::cmd("FLUSHDB").query_async(&mut redis).await.unwrap();
+
+    let (log, hold) = (dir.join("requests.jsonl"), dir.join("hold"));
+    let _mail = MailApi(
+        Command::new("python3")
+            .arg(repo().join("examples/events/mail_api.py"))
+            .args(["--port", &mail_port.to_string()])
+            .arg("--log")
+            .arg(&log)
+            .arg("--hold-while")
+            .arg(&hold)
+            .stdout(std::process::Stdio::null())
+            .spawn()
+            .unwrap(),
+    );
+    support::wait_for_port(mail_port).await;
+    let mut host = HostProcess::start(&dir);
+    host.wait_for_log("pulling from JetStream", 60).await;
+    host.wait_for_log("subscribed to NATS", 60).await;
+    let subject = format!("{token}.event");
+    let profile_subject = format!("{token}.profile.get");
+    let events = |args: &[&str]| {
+        let mut all = vec!["--subject", &subject, "--profile-subject", &profile_subject];
+        all.extend_from_slice(args);
+        produce_events(&all)
+    };
+
+    // The guide's producer's message, as it sends it: handled, and logged.
+    assert_eq!(events(&[]).trim(), "Message sent to service B");
+    host.wait_for_log("New event occurred", 60).await;
+
+    // Twenty registrations: twenty mails, each once, keyed by message id.
+    events(&["--register", "20"]);
+    wait_for_mail(&log, "twenty mails", |r| r.len() >= 20).await;
+    let requests = mail_requests(&log);
+    let mut to: Vec<&str> = requests.iter().map(|r| r["mail"]["to"].as_str().unwrap()).collect();
+    to.sort();
+    let mut want: Vec<String> = (1..=20).map(|n| format!("user{n}@example.com")).collect();
+    want.sort();
+    assert_eq!(to, want);
+    assert!(requests.iter().all(|r| r["duplicate"] == false && r["mail"]["template"] == "welcome"), "{requests:?}");
+    let value: Option<Vec<u8>> = redis::cmd("GET").arg("profile:7").query_async(&mut redis).await.unwrap();
+    let profile: serde_json::Value = serde_json::from_slice(&value.expect("profile:7 in Redis")).unwrap();
+    assert_eq!(profile, serde_json::json!({"user_id": 7, "name": "user 7", "email": "user7@example.com"}));
+
+    // Request and reply: the profile service answers from Redis.
+    let reply: serde_json::Value = serde_json::from_str(&events(&["--profile", "7"])).unwrap();
+    assert_eq!(reply, profile);
+    let reply: serde_json::Value = serde_json::from_str(&events(&["--profile", "999"])).unwrap();
+    assert_eq!(reply, serde_json::json!({"error": "not found", "user_id": 999}));
+
+    // A crash after the mail went out, before the message was acked.
+    std::fs::write(&hold, b"").unwrap();
+    events(&["--register", "1", "--first", "100"]);
+    let for_100 = |r: &[serde_json::Value]| -> Vec<serde_json::Value> {
+        r.iter().filter(|r| r["mail"]["to"] == "user100@example.com").cloned().collect()
+    };
+    wait_for_mail(&log, "the mail to user 100", |r| !for_100(r).is_empty()).await;
+    host.kill();
+    std::fs::remove_file(&hold).unwrap();
+    host.restart();
+    wait_for_mail(&log, "the redelivered mail to user 100", |r| for_100(r).len() >= 2).await;
+    let again = for_100(&mail_requests(&log));
+    assert_eq!(again.len(), 2, "{again:?}");
+    assert_eq!(again[0]["key"], again[1]["key"], "the redelivery sent the same idempotency key");
+    assert_eq!((again[0]["duplicate"].clone(), again[1]["duplicate"].clone()), (false.into(), true.into()));
+    // One mail per key, over the whole run.
+    let requests = mail_requests(&log);
+    let sent: std::collections::BTreeSet<&str> =
+        requests.iter().filter(|r| r["duplicate"] == false).map(|r| r["key"].as_str().unwrap()).collect();
+    assert_eq!(sent.len(), requests.iter().filter(|r| r["duplicate"] == false).count(), "a key sent twice");
+    assert_eq!(sent.len(), 21);
+    assert!(host.terminate().success(), "{}", host.log());
+
+    let nats = async_nats::connect("nats://127.0.0.1:4222").await.unwrap();
+    let _ = async_nats::jetstream::new(nats).delete_stream(token.to_uppercase()).await;
+}
+
+/// Scenario 5 with nothing installed: registrations from a file, profiles in
+/// memory, the mails logged rather than sent.
+#[test]
+fn events_scenario_runs_embedded() {
+    let (_dir, _, stderr) = run_embedded("events", "events.jsonl");
+    assert!(stderr.contains("handled 4 | retried 0 | dead-lettered 1"), "{stderr}");
+    assert!(stderr.contains("malformed registration: email must be an address"), "{stderr}");
+    assert!(stderr.contains(r#"no mail_api setting: would send {"to": "ada@example.com""#), "{stderr}");
+}

@@ -45,7 +45,7 @@ impl HostProcess {
         let child = Command::new(env!("CARGO_BIN_EXE_switchyard"))
             .arg("run")
             .arg(self.dir.join("switchyard.toml"))
-            .env("RUST_LOG", "warn,switchyard=info")
+            .env("RUST_LOG", "warn,switchyard=info,handler=info")
             .envs(self.env.iter().map(|(k, v)| (k.as_str(), v.as_str())))
             .stdout(Stdio::null())
             .stderr(log)
