@@ -210,14 +210,17 @@ fn every_kustomization_renders_the_expected_kinds() {
     let cases: &[(&str, &[&str])] = &[
         ("base", &["Deployment", "Namespace", "PodDisruptionBudget", "Secret", "Service"]),
         ("nats", &["Service", "Service", "StatefulSet"]),
+        ("redis", &["Deployment", "Service"]),
         ("keda", &["ScaledObject"]),
         (
             "overlays/events",
             &[
                 "Deployment",
+                "Deployment",
                 "Namespace",
                 "PodDisruptionBudget",
                 "Secret",
+                "Service",
                 "Service",
                 "Service",
                 "Service",
@@ -228,10 +231,12 @@ fn every_kustomization_renders_the_expected_kinds() {
             "overlays/keda",
             &[
                 "Deployment",
+                "Deployment",
                 "Namespace",
                 "PodDisruptionBudget",
                 "ScaledObject",
                 "Secret",
+                "Service",
                 "Service",
                 "Service",
                 "Service",
@@ -254,7 +259,7 @@ fn every_kustomization_renders_the_expected_kinds() {
 
 #[test]
 fn every_manifest_validates_against_the_kubernetes_schemas() {
-    for dir in ["base", "nats", "keda", "overlays/events", "overlays/keda"] {
+    for dir in ["base", "nats", "redis", "keda", "overlays/events", "overlays/keda"] {
         validate(&dir.replace('/', "-"), &kustomize(dir));
     }
 }
@@ -298,18 +303,22 @@ fn the_shipped_config_passes_switchyard_check() {
     let data = secret["data"]["switchyard.toml"].as_str().unwrap();
     assert_eq!(String::from_utf8(base64_decode(data)).unwrap(), text, "the Secret holds base/switchyard.toml");
 
-    // Checked where the test can write: the handler is the no-op plugin at a
-    // path of the test's own, and the data directory is a temporary one.
+    // Checked where the test can write: the handlers are the events
+    // example's, at paths of the test's own, and the data directory is a
+    // temporary one.
     let dir = tempfile::tempdir().unwrap();
-    let wasm = dir.path().join("handlers/welcome.wasm");
-    std::fs::create_dir_all(wasm.parent().unwrap()).unwrap();
-    let noop = repo().join("plugins/dist/noop.wasm");
-    std::fs::copy(&noop, &wasm).unwrap_or_else(|e| panic!("{}: {e} (run `make plugins` first)", noop.display()));
+    let handlers = dir.path().join("handlers");
+    std::fs::create_dir_all(&handlers).unwrap();
+    for (built, shipped) in [("welcome_email", "welcome"), ("profile", "profile")] {
+        let from = repo().join(format!("plugins/dist/{built}.wasm"));
+        std::fs::copy(&from, handlers.join(format!("{shipped}.wasm")))
+            .unwrap_or_else(|e| panic!("{}: {e} (run `make plugins` first)", from.display()));
+        assert_eq!(text.matches(&format!("/etc/switchyard/handlers/{shipped}.wasm")).count(), 1);
+    }
     let data_dir = dir.path().join("data");
-    assert_eq!(text.matches("/etc/switchyard/handlers/welcome.wasm").count(), 1);
     assert!(text.contains("\"/var/lib/switchyard"));
     let local = text
-        .replace("/etc/switchyard/handlers/welcome.wasm", wasm.to_str().unwrap())
+        .replace("/etc/switchyard/handlers/", &format!("{}/", handlers.display()))
         .replace("\"/var/lib/switchyard", &format!("\"{}", data_dir.display()));
     let path = dir.path().join("switchyard.toml");
     std::fs::write(&path, local).unwrap();
@@ -321,7 +330,7 @@ fn the_shipped_config_passes_switchyard_check() {
         .unwrap();
     let stdout = String::from_utf8_lossy(&out.stdout);
     assert!(out.status.success(), "switchyard check failed: {stdout}{}", String::from_utf8_lossy(&out.stderr));
-    assert!(stdout.contains("ok: 1 sources, 1 handlers loaded, 1 routes"), "{stdout}");
+    assert!(stdout.contains("ok: 2 sources, 2 handlers loaded, 2 routes"), "{stdout}");
 
     // And the handler's path in the image is the one the README describes.
     let config = shipped_config();
@@ -332,7 +341,7 @@ fn the_shipped_config_passes_switchyard_check() {
 fn the_deployment_agrees_with_the_config_and_the_dockerfile() {
     let config = shipped_config();
     let docs = documents(&kustomize("overlays/events"));
-    let deployment = the(&docs, "Deployment");
+    let deployment = named(&docs, "Deployment", "switchyard");
     let pod = &deployment["spec"]["template"]["spec"];
     let containers = pod["containers"].as_array().unwrap();
     assert_eq!(containers.len(), 1);
@@ -443,7 +452,7 @@ fn the_scaled_object_scales_the_deployment_on_the_shipped_consumer() {
     };
     let docs = documents(&kustomize("overlays/keda"));
     let scaled = the(&docs, "ScaledObject");
-    let deployment = the(&docs, "Deployment");
+    let deployment = named(&docs, "Deployment", "switchyard");
     assert_eq!(scaled["apiVersion"], "keda.sh/v1alpha1");
     assert_eq!(scaled["metadata"]["namespace"], deployment["metadata"]["namespace"]);
 
