@@ -159,7 +159,8 @@ static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 fn main() -> std::process::ExitCode {
     tracing_subscriber::fmt()
         .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "warn,switchyard=info,handler=info".into()),
+            tracing_subscriber::EnvFilter::try_from_default_env()
+                .unwrap_or_else(|_| "warn,switchyard=info,handler=info".into()),
         )
         .with_writer(std::io::stderr)
         // Colour only for a person at a terminal, not in a log collector's file.
