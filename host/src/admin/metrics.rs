@@ -36,6 +36,12 @@ pub fn render<'a>(handlers: impl Iterator<Item = (&'a str, &'a str, &'a HandlerM
             "Handler log lines dropped past the tenant's max_log_bytes for one message.",
             |m| m.log_lines_dropped.load(Ordering::Relaxed),
         ),
+        (
+            "switchyard_http_requests_total",
+            "counter",
+            "HTTP requests handlers sent through the http capability, redirects included.",
+            |m| m.http_requests.load(Ordering::Relaxed),
+        ),
     ];
     for (name, kind, help, get) in counters {
         let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} {kind}");

@@ -114,6 +114,7 @@ pub(super) async fn process(
                         metrics.fuel.fetch_add(fuel, Ordering::Relaxed);
                     }
                     metrics.log_lines_dropped.fetch_add(invocation.log_lines_dropped, Ordering::Relaxed);
+                    metrics.http_requests.fetch_add(invocation.http_requests, Ordering::Relaxed);
                     version.served();
                     invocation
                 };

@@ -125,6 +125,8 @@ pub struct Invocation {
     pub fuel_used: Option<u64>,
     /// Log lines dropped past the tenant's `max_log_bytes`.
     pub log_lines_dropped: u64,
+    /// HTTP requests sent, redirects included.
+    pub http_requests: u64,
     /// The invocation's open SQL transaction on a transactional route, for
     /// the dispatcher to commit, or to drop (rolling it back).
     pub transaction: Option<Box<dyn DbTransaction>>,
@@ -341,6 +343,7 @@ impl Runtime {
             elapsed: started.elapsed(),
             fuel_used,
             log_lines_dropped: caps.log_lines_dropped,
+            http_requests: caps.http_requests as u64,
             transaction: caps.transaction,
         }
     }

@@ -23,6 +23,8 @@ pub struct HandlerMetrics {
     pub fuel: AtomicU64,
     /// Log lines dropped past the tenant's `max_log_bytes`.
     pub log_lines_dropped: AtomicU64,
+    /// HTTP requests sent, redirects included.
+    pub http_requests: AtomicU64,
     /// Invocation time, summed, in nanoseconds.
     time_ns: AtomicU64,
     /// Invocations, per latency bucket (the last is +Inf).
