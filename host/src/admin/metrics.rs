@@ -15,7 +15,7 @@ pub fn render<'a>(handlers: impl Iterator<Item = (&'a str, &'a str, &'a HandlerM
     let mut out = String::new();
     // Name, type, help, and how to read it from a handler's metrics.
     type Counter = (&'static str, &'static str, &'static str, fn(&HandlerMetrics) -> u64);
-    let counters: [Counter; 6] = [
+    let counters: [Counter; 7] = [
         ("switchyard_messages_handled_total", "counter", "Messages acked after the handler returned ok.", |m| {
             m.handled.load(Ordering::Relaxed)
         }),
