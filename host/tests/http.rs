@@ -61,6 +61,8 @@ async fn requests_reach_only_granted_hosts_within_their_deadline_and_size() {
         line("big-stream", http("big-stream", url("/big-stream"))),
         line("flaky", http("flaky", url("/flaky"))),
         line("not-a-url", http("not-a-url", "not a url".into())),
+        line("bad-method", serde_json::json!({"url": url("/hello"), "method": "GE T"})),
+        line("host-header", serde_json::json!({"url": url("/hello"), "headers": [["Host", "admin.internal"]]})),
         line("missing", http("missing", url("/missing"))),
     ];
     let lines: Vec<&str> = lines.iter().map(String::as_str).collect();
@@ -130,6 +132,12 @@ async fn requests_reach_only_granted_hosts_within_their_deadline_and_size() {
             format!("rejected: http: CapabilityError::TooLarge(\"{}: the response body is", url("/big-stream")),
         ),
         ("not-a-url", "rejected: http: CapabilityError::Invalid(\"\\\"not a url\\\" is not a URL".to_string()),
+        (
+            "host-header",
+            "rejected: http: CapabilityError::Invalid(\"the header \\\"Host\\\" is the HTTP client's to set"
+                .to_string(),
+        ),
+        ("bad-method", "rejected: http: CapabilityError::Invalid(\"\\\"GE T\\\" is not an HTTP method".to_string()),
     ];
     for (id, want) in &expect {
         let got = reason(id);

@@ -17,6 +17,11 @@ use super::context::{CapabilityCtx, Effect, MAX_HEADER_BYTES, check_size};
 /// Redirects followed for one request.
 const MAX_REDIRECTS: usize = 5;
 
+/// Headers the client sets itself: a handler's `Host` could reach another
+/// virtual host behind a granted address, and the framing ones would let it
+/// smuggle a second request.
+const RESERVED: [&str; 6] = ["host", "content-length", "transfer-encoding", "connection", "upgrade", "te"];
+
 /// Headers that carry credentials, dropped when a redirect leaves the origin.
 const CREDENTIALS: [&str; 3] = ["authorization", "cookie", "proxy-authorization"];
 
@@ -87,6 +92,11 @@ impl http::Host for CapabilityCtx {
             return Err(CapabilityFailure::TooLarge(format!(
                 "the HTTP request's headers are {header_bytes} bytes; the limit is {MAX_HEADER_BYTES}"
             )));
+        }
+        if let Some((name, _)) =
+            request.headers.iter().find(|(n, _)| RESERVED.iter().any(|r| n.eq_ignore_ascii_case(r)))
+        {
+            return Err(CapabilityFailure::Invalid(format!("the header {name:?} is the HTTP client's to set")));
         }
         let deadline = self.exchange_deadline(request.timeout_ms)?;
         let url = self.check_url(&request.url, None)?;

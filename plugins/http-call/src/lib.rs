@@ -1,8 +1,9 @@
 //! A handler that sends one HTTP request, to test the `http` capability.
 //!
 //! The payload is JSON `{"url": "...", "method": "POST", "body": "...",
-//! "timeout_ms": 200, "key": "http:x"}`; only `url` is required. The
-//! message id goes as the `Idempotency-Key`. A 5xx asks for a retry; any
+//! "timeout_ms": 200, "key": "http:x", "headers": [["name", "value"]]}`;
+//! only `url` is required. The message id goes as the `Idempotency-Key`,
+//! after `headers`. A 5xx asks for a retry; any
 //! other status sets `key` (default `http:last`) in the cache to
 //! `<status> <body>` and acks; a capability error rejects with the error.
 //!
@@ -25,6 +26,8 @@ struct Call {
     timeout_ms: Option<u64>,
     #[serde(default)]
     key: Option<String>,
+    #[serde(default)]
+    headers: Vec<(String, String)>,
 }
 
 struct HttpCall;
@@ -33,10 +36,12 @@ impl Guest for HttpCall {
     fn handle(msg: Message) -> Result<(), HandlerError> {
         let call: Call = serde_json::from_slice(&msg.payload)
             .map_err(|e| HandlerError::Reject(format!("payload is not an HTTP call: {e}")))?;
+        let mut headers = call.headers;
+        headers.push(("idempotency-key".into(), msg.id.clone()));
         let request = http::Request {
             method: call.method.unwrap_or_else(|| "GET".into()),
             url: call.url,
-            headers: vec![("idempotency-key".into(), msg.id.clone())],
+            headers,
             body: call.body.unwrap_or_default().into_bytes(),
             timeout_ms: call.timeout_ms,
         };
