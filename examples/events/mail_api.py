@@ -34,11 +34,15 @@ def main() -> None:
     class MailApi(BaseHTTPRequestHandler):
         def answer(self, status: int, body: dict) -> None:
             data = json.dumps(body).encode()
-            self.send_response(status)
-            self.send_header("content-type", "application/json")
-            self.send_header("content-length", str(len(data)))
-            self.end_headers()
-            self.wfile.write(data)
+            try:
+                self.send_response(status)
+                self.send_header("content-type", "application/json")
+                self.send_header("content-length", str(len(data)))
+                self.end_headers()
+                self.wfile.write(data)
+            except (BrokenPipeError, ConnectionResetError):
+                # The caller crashed or gave up: what it asked for stands.
+                print(f" [!] the caller left before the answer ({status})", flush=True)
 
         def do_POST(self) -> None:
             if self.path != "/mail":

@@ -489,7 +489,8 @@ async fn events_scenario_nats_with_a_mail_api_and_request_reply() {
     let text = text
         .replace("\"SERVICEB\"", &format!("\"{}\"", token.to_uppercase()))
         .replace("serviceB", &token)
-        .replace("profile.get", &format!("{token}.profile.get"))
+        // Outside the stream's `<token>.>`, as `profile.get` is outside `serviceB.>`.
+        .replace("profile.get", &format!("{token}_profile.get"))
         .replace("consumer = \"mailer\"", &format!("consumer = \"{token}\""))
         .replace("ack_wait_ms = 10000", "ack_wait_ms = 2000")
         .replace("127.0.0.1:8025", &format!("127.0.0.1:{mail_port}"))
@@ -520,7 +521,7 @@ async fn events_scenario_nats_with_a_mail_api_and_request_reply() {
     host.wait_for_log("pulling from JetStream", 60).await;
     host.wait_for_log("subscribed to NATS", 60).await;
     let subject = format!("{token}.event");
-    let profile_subject = format!("{token}.profile.get");
+    let profile_subject = format!("{token}_profile.get");
     let events = |args: &[&str]| {
         let mut all = vec!["--subject", &subject, "--profile-subject", &profile_subject];
         all.extend_from_slice(args);
