@@ -48,9 +48,9 @@ enum Command {
         /// A header, as name=value; repeatable.
         #[arg(long = "header", value_parser = parse_header)]
         headers: Vec<(String, String)>,
-        /// A setting the handler reads with `settings.get`, as name=value; repeatable.
-        #[arg(long = "setting", value_parser = parse_header)]
-        settings: Vec<(String, String)>,
+        /// A configuration variable the handler reads with `config.get`, as key=value; repeatable.
+        #[arg(long = "config", value_parser = parse_header)]
+        variables: Vec<(String, String)>,
         /// The attempt number the handler sees.
         #[arg(long, default_value_t = 1)]
         attempt: u32,
@@ -192,7 +192,7 @@ async fn dispatch_command(command: Command) -> anyhow::Result<std::process::Exit
             payload,
             key,
             headers,
-            settings,
+            variables,
             attempt,
             data_dir,
             init_sql,
@@ -211,7 +211,7 @@ async fn dispatch_command(command: Command) -> anyhow::Result<std::process::Exit
                 timestamp_ms: None,
             };
             let limits = Limits { memory_mib, timeout_ms, fuel: None };
-            invoke(&wasm, message, data_dir, init_sql, limits, settings).await
+            invoke(&wasm, message, data_dir, init_sql, limits, variables).await
         }
         Command::Check { config } => check(&config),
         Command::Plugins { admin, token, action } => plugins(&admin, token.as_deref(), action).await,
@@ -275,7 +275,7 @@ async fn invoke(
     data_dir: Option<PathBuf>,
     init_sql: Vec<String>,
     limits: Limits,
-    settings: Vec<(String, String)>,
+    variables: Vec<(String, String)>,
 ) -> anyhow::Result<std::process::ExitCode> {
     let temp;
     let data_dir = match data_dir {
@@ -301,7 +301,7 @@ async fn invoke(
         tenant: "invoke".into(),
         handler: wasm.display().to_string().into(),
         record_effects: true,
-        settings: Arc::new(settings.into_iter().collect()),
+        variables: Arc::new(variables.into_iter().collect()),
     };
     let invocation = runtime.invoke(&plugin, &message, &ctx).await;
     let outcome = match &invocation.outcome {

@@ -273,7 +273,14 @@ impl Host {
                 tenant: route.tenant.as_str().into(),
                 handler: route.handler.as_str().into(),
                 record_effects: false,
-                settings: Arc::new(handler.map(|h| h.settings.clone()).unwrap_or_default()),
+                variables: Arc::new(
+                    tenant
+                        .config
+                        .iter()
+                        .chain(handler.iter().flat_map(|h| &h.config))
+                        .map(|(k, v)| (k.clone(), v.clone()))
+                        .collect(),
+                ),
             };
             routes.push(Route::new(route, invoke, slot.clone(), quota.clone()));
         }

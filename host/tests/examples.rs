@@ -586,5 +586,5 @@ fn events_scenario_runs_embedded() {
     let (_dir, _, stderr) = run_embedded("events", "events.jsonl");
     assert!(stderr.contains("handled 4 | retried 0 | dead-lettered 1"), "{stderr}");
     assert!(stderr.contains("malformed registration: email must be an address"), "{stderr}");
-    assert!(stderr.contains(r#"no mail_api setting: would send {"to": "ada@example.com""#), "{stderr}");
+    assert!(stderr.contains(r#"no mail_api configured: would send {"to": "ada@example.com""#), "{stderr}");
 }

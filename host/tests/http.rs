@@ -1,7 +1,8 @@
 //! The `http` capability, through the real runtime and dispatcher with the
 //! `http-call` plugin, against a local HTTP server the test starts: what the
 //! server saw is what is checked, so "denied before any connection" means
-//! the server saw nothing.
+//! the server saw nothing. And the `config` capability, which the same
+//! plugin reads.
 //!
 //! The plugins must be built first: `make plugins`.
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)] // a failed assumption in a test is a failed test
@@ -169,4 +170,66 @@ async fn a_message_sends_at_most_its_tenants_max_http_requests() {
     let reason = support::header(&dead[0], "switchyard-dead-letter-reason").unwrap();
     assert!(reason.contains("has sent 3 HTTP requests, the tenant's max_http_requests"), "{reason}");
     assert_eq!(server.seen.hits_on("/redirect-loop").len(), 3);
+}
+
+#[tokio::test]
+async fn config_variables_are_the_tenants_with_the_handlers_over_them() {
+    let dir = tempfile::tempdir().unwrap();
+    let lines = [
+        line("a-region", serde_json::json!({"config": "region", "key": "http:a:region"})),
+        line("a-mail", serde_json::json!({"config": "mail_api", "key": "http:a:mail"})),
+        line("a-missing", serde_json::json!({"config": "nothing", "key": "http:a:missing"})),
+    ];
+    let b =
+        serde_json::json!({"topic": "b", "id": "b-region", "payload": {"config": "region", "key": "http:b:region"}});
+    let mut lines: Vec<String> = lines.to_vec();
+    lines.push(b.to_string());
+    let lines: Vec<&str> = lines.iter().map(String::as_str).collect();
+    let template = r#"
+    [sources.in]
+    type = "file"
+    path = "in.jsonl"
+
+    [tenants.a.grants]
+    cache_prefixes = ["http:a:"]
+    allowed_hosts = ["http://127.0.0.1:1"]
+
+    [tenants.a.config]
+    region = "eu-west-1"
+    mail_api = "the tenant's"
+
+    [tenants.a.handlers.http-call]
+    wasm = "WASM"
+    config = { mail_api = "the handler's" }
+
+    [tenants.b.grants]
+    cache_prefixes = ["http:b:"]
+    allowed_hosts = ["http://127.0.0.1:1"]
+
+    [tenants.b.handlers.http-call]
+    wasm = "WASM"
+
+    [[routes]]
+    source = "in"
+    topic = "h"
+    tenant = "a"
+    handler = "http-call"
+
+    [[routes]]
+    source = "in"
+    topic = "b"
+    tenant = "b"
+    handler = "http-call"
+    "#;
+    let config = support::config_with_file(dir.path(), template, "http_call", &lines);
+    let (stats, backends) = run_host(&config).await;
+    assert_eq!(stats.handled, 4, "{stats:?}");
+    let cached = |key: &'static str| {
+        let backends = backends.clone();
+        async move { String::from_utf8(backends.cache.get(key).await.unwrap().unwrap()).unwrap() }
+    };
+    assert_eq!(cached("http:a:region").await, "eu-west-1", "the tenant's variable");
+    assert_eq!(cached("http:a:mail").await, "the handler's", "the handler's own over the tenant's");
+    assert_eq!(cached("http:a:missing").await, "<none>");
+    assert_eq!(cached("http:b:region").await, "<none>", "another tenant's variables are not seen");
 }

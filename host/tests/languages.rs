@@ -393,7 +393,7 @@ fn context(caps: Capabilities, lang: &str) -> InvokeContext {
         tenant: "shop".into(),
         handler: format!("cache-update ({lang})").into(),
         record_effects: true,
-        settings: Default::default(),
+        variables: Default::default(),
     }
 }
 

@@ -93,7 +93,7 @@ pub async fn density(plugin: &Path, tenants: usize, distinct: usize) -> Result<D
             tenant: slot.tenant.clone(),
             handler: slot.handler.clone(),
             record_effects: false,
-            settings: Default::default(),
+            variables: Default::default(),
         };
         let outcome = runtime.invoke(&slot.live().plugin, &msg, &ctx).await.outcome;
         if outcome != Outcome::Ok {

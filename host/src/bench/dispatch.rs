@@ -57,7 +57,7 @@ pub async fn dispatch(plugin: &Path, messages: u32) -> Result<DispatchReport, Be
         tenant: "bench".into(),
         handler: "noop".into(),
         record_effects: false,
-        settings: Default::default(),
+        variables: Default::default(),
     };
     let msg = message();
     let outcome = runtime.invoke(&plugin, &msg, &ctx).await.outcome;

@@ -70,7 +70,7 @@ pub async fn languages(
             tenant: "bench".into(),
             handler: label.as_str().into(),
             record_effects: false,
-            settings: Default::default(),
+            variables: Default::default(),
         };
         let outcome = runtime.invoke(&plugin, &msg, &ctx).await.outcome;
         if outcome != Outcome::Ok {

@@ -142,8 +142,8 @@ pub struct CapabilityCtx {
     pub deadline: Option<std::time::Instant>,
     /// HTTP requests sent so far, redirects included.
     pub(crate) http_requests: usize,
-    /// The handler's settings.
-    pub settings: Arc<std::collections::BTreeMap<String, String>>,
+    /// The handler's configuration variables.
+    pub variables: Arc<std::collections::BTreeMap<String, String>>,
 }
 
 impl CapabilityCtx {
@@ -162,7 +162,7 @@ impl CapabilityCtx {
             log_lines_dropped: 0,
             deadline: None,
             http_requests: 0,
-            settings: Default::default(),
+            variables: Default::default(),
         }
     }
 

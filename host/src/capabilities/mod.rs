@@ -5,10 +5,10 @@
 
 pub mod backends;
 pub mod cache;
+pub mod config;
 pub mod context;
 pub mod db;
 pub mod http;
 pub mod log;
 pub mod publish;
 pub mod search;
-pub mod settings;

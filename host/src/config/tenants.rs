@@ -21,6 +21,11 @@ pub struct TenantConfig {
     /// The tenant's handlers by name.
     #[serde(default)]
     pub handlers: BTreeMap<String, HandlerConfig>,
+    /// Configuration variables every handler of the tenant reads with
+    /// `config.get`; a handler's own `config` overrides them. Default: none.
+    /// Example: `[tenants.acme.config]` with `region = "eu-west-1"`.
+    #[serde(default)]
+    pub config: BTreeMap<String, String>,
 }
 
 /// What a tenant's handlers may reach through their capabilities. Anything
@@ -125,12 +130,12 @@ pub struct HandlerConfig {
     /// Resource limits for each invocation.
     #[serde(default)]
     pub limits: Limits,
-    /// Settings the handler reads with `settings.get`, such as a service's
-    /// URL, so one component runs in many places. Not for secrets: they
-    /// show in the config. Default: none.
-    /// Example: `settings = { mail_api = "https://mail.example/send" }`.
+    /// Configuration variables the handler reads with `config.get`, over
+    /// its tenant's: what differs between places one component runs, such
+    /// as a service's URL. Default: none.
+    /// Example: `config = { mail_api = "https://mail.example/send" }`.
     #[serde(default)]
-    pub settings: BTreeMap<String, String>,
+    pub config: BTreeMap<String, String>,
 }
 
 /// Resource limits applied to every invocation of a handler.

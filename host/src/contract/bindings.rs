@@ -16,4 +16,4 @@ wasmtime::component::bindgen!({
 });
 
 pub use self::switchyard::handler::types::{CapabilityError, RetryRequest};
-pub use self::switchyard::handler::{cache, db, http, log, publish, search, settings, types};
+pub use self::switchyard::handler::{cache, config, db, http, log, publish, search, types};

@@ -159,8 +159,8 @@ pub struct InvokeContext {
     pub handler: Arc<str>,
     /// Keep a record of every capability call in [`Invocation::effects`].
     pub record_effects: bool,
-    /// The handler's settings, which it reads through `settings.get`.
-    pub settings: Arc<BTreeMap<String, String>>,
+    /// The handler's configuration variables, which it reads through `config.get`.
+    pub variables: Arc<BTreeMap<String, String>>,
 }
 
 /// The engine, the linker with every host function, and the ticker that
@@ -284,7 +284,7 @@ impl Runtime {
             caps.effects = Some(Vec::new());
         }
         caps.transaction = transaction;
-        caps.settings = ctx.settings.clone();
+        caps.variables = ctx.variables.clone();
         caps.deadline = Some(started + Duration::from_millis(limits.timeout_ms));
         let mut store = self.store(ctx, caps);
         // Every tick, a handler still running in WebAssembly either hits its

@@ -1,4 +1,5 @@
-//! A handler that sends one HTTP request, to test the `http` capability.
+//! A handler that sends one HTTP request, to test the `http` capability,
+//! or reads one configuration variable, to test `config`.
 //!
 //! The payload is JSON `{"url": "...", "method": "POST", "body": "...",
 //! "timeout_ms": 200, "key": "http:x", "headers": [["name", "value"]]}`;
@@ -7,17 +8,23 @@
 //! other status sets `key` (default `http:last`) in the cache to
 //! `<status> <body>` and acks; a capability error rejects with the error.
 //!
+//! `{"config": "region", "key": "http:x"}` sends nothing: it sets `key` to
+//! the variable `region`, or to `<none>`, and acks.
+//!
 //! Build: `cargo build --manifest-path plugins/Cargo.toml --target wasm32-wasip2 --release -p http-call`
 
 wit_bindgen::generate!({ path: "../../wit", world: "handler" });
 
 use serde::Deserialize;
 use switchyard::handler::types::RetryRequest;
-use switchyard::handler::{cache, http};
+use switchyard::handler::{cache, config, http};
 
 #[derive(Deserialize)]
 struct Call {
+    #[serde(default)]
     url: String,
+    #[serde(default)]
+    config: Option<String>,
     #[serde(default)]
     method: Option<String>,
     #[serde(default)]
@@ -36,6 +43,13 @@ impl Guest for HttpCall {
     fn handle(msg: Message) -> Result<(), HandlerError> {
         let call: Call = serde_json::from_slice(&msg.payload)
             .map_err(|e| HandlerError::Reject(format!("payload is not an HTTP call: {e}")))?;
+        let key = call.key.unwrap_or_else(|| "http:last".into());
+        let set = |value: &[u8]| {
+            cache::set(&key, value, None).map_err(|e| HandlerError::Reject(format!("cache set {key}: {e:?}")))
+        };
+        if let Some(name) = call.config {
+            return set(config::get(&name).as_deref().unwrap_or("<none>").as_bytes());
+        }
         let mut headers = call.headers;
         headers.push(("idempotency-key".into(), msg.id.clone()));
         let request = http::Request {
@@ -49,10 +63,9 @@ impl Guest for HttpCall {
         if response.status >= 500 {
             return Err(HandlerError::Retry(RetryRequest { delay_ms: 10, reason: format!("HTTP {}", response.status) }));
         }
-        let key = call.key.unwrap_or_else(|| "http:last".into());
         let mut value = format!("{} ", response.status).into_bytes();
         value.extend_from_slice(&response.body);
-        cache::set(&key, &value, None).map_err(|e| HandlerError::Reject(format!("cache set {key}: {e:?}")))
+        set(&value)
     }
 }
 

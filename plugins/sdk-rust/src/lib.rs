@@ -44,7 +44,7 @@ pub use bindings::Guest as Handler;
 /// `switchyard_sdk::export!(MyHandler);` makes `MyHandler` the component's `handle` export.
 pub use bindings::export;
 pub use bindings::switchyard::handler::types::{CapabilityError, HandlerError, Message, RetryRequest};
-pub use bindings::switchyard::handler::{cache, db, publish, search, settings};
+pub use bindings::switchyard::handler::{cache, config, db, publish, search};
 
 /// Outbound HTTP, and what a response means for the message.
 pub mod http {

@@ -11,7 +11,7 @@ Anything else on the subject, such as the integration guide's plain text
 The mail API is called with the message id as its `Idempotency-Key`: a
 message delivered again after a crash sends the same key, and the mail API
 sends one mail per key. The URL comes from the handler's `mail_api`
-setting; without one, the handler logs the mail it would send.
+configuration variable; without one, the handler logs the mail it would send.
 
 Build (from the repo root, with the toolchain `plugins/languages.sh` installs):
     componentize-py -d examples/events/plugins/welcome-email/wit -w welcome-email componentize -p examples/events/plugins/welcome-email app -o plugins/dist/welcome_email.wasm
@@ -20,7 +20,7 @@ import json
 
 import wit_world
 from componentize_py_types import Err
-from wit_world.imports import cache, http, log, settings, types
+from wit_world.imports import cache, config, http, log, types
 
 
 def reject(reason: str) -> Err:
@@ -71,9 +71,9 @@ class WitWorld(wit_world.WitWorld):
         capability(cache.set, f"profile:{user['user_id']}", profile, None)
 
         mail = json.dumps({"to": user["email"], "template": "welcome", "name": user["name"]}).encode()
-        url = settings.get("mail_api")
+        url = config.get("mail_api")
         if url is None:
-            log.log(log.Level.INFO, f"no mail_api setting: would send {mail.decode()}")
+            log.log(log.Level.INFO, f"no mail_api configured: would send {mail.decode()}")
             return
         headers = [("content-type", "application/json"), ("idempotency-key", msg.id)]
         response = capability(http.send, http.Request("POST", url, headers, mail, None))
