@@ -153,6 +153,59 @@ fn parse_header(s: &str) -> Result<(String, String), String> {
 /// Each message allocates and frees its store, buffers and futures across
 /// the runtime's threads; mimalloc's per-thread heaps take about a tenth of
 /// the host's CPU time off glibc's allocator on the broker benchmark.
+/// The values the config took from the environment or from files. Every
+/// log line and every error the binary writes has them replaced by `***`.
+static SECRETS: std::sync::RwLock<Vec<String>> = std::sync::RwLock::new(Vec::new());
+
+/// Secrets shorter than this are not searched for: they would blank out
+/// ordinary words.
+const MIN_SECRET_LEN: usize = 4;
+
+/// Load a config and keep its secrets out of everything printed from now on.
+fn load_config(path: &Path) -> anyhow::Result<Config> {
+    let config = Config::load(path)?;
+    if let Ok(mut secrets) = SECRETS.write() {
+        for secret in &config.secrets {
+            if secret.len() < MIN_SECRET_LEN {
+                tracing::warn!(config = %path.display(), "a secret of fewer than 4 characters cannot be kept out of the logs");
+            } else if !secrets.contains(secret) {
+                secrets.push(secret.clone());
+            }
+        }
+        // The longest first, so one that contains another is blanked whole.
+        secrets.sort_by_key(|s| std::cmp::Reverse(s.len()));
+    }
+    Ok(config)
+}
+
+/// `text` with every secret replaced by `***`.
+fn redact(text: &str) -> std::borrow::Cow<'_, str> {
+    let Ok(secrets) = SECRETS.read() else { return text.into() };
+    let mut text = std::borrow::Cow::Borrowed(text);
+    for secret in secrets.iter() {
+        if text.contains(secret.as_str()) {
+            text = text.replace(secret.as_str(), "***").into();
+        }
+    }
+    text
+}
+
+/// The log's writer: standard error, with secrets blanked. The formatter
+/// writes each event in one call, so a secret is never split between two.
+struct Redacting;
+
+impl std::io::Write for Redacting {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        let text = String::from_utf8_lossy(buf);
+        std::io::stderr().write_all(redact(&text).as_bytes())?;
+        Ok(buf.len())
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        std::io::stderr().flush()
+    }
+}
+
 #[global_allocator]
 static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
@@ -162,7 +215,7 @@ fn main() -> std::process::ExitCode {
             tracing_subscriber::EnvFilter::try_from_default_env()
                 .unwrap_or_else(|_| "warn,switchyard=info,handler=info".into()),
         )
-        .with_writer(std::io::stderr)
+        .with_writer(|| Redacting)
         // Colour only for a person at a terminal, not in a log collector's file.
         .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()) && std::env::var_os("NO_COLOR").is_none())
         .init();
@@ -177,7 +230,7 @@ fn main() -> std::process::ExitCode {
     match runtime.block_on(dispatch_command(cli.command)) {
         Ok(code) => code,
         Err(e) => {
-            eprintln!("error: {e:#}");
+            eprintln!("error: {}", redact(&format!("{e:#}")));
             std::process::ExitCode::FAILURE
         }
     }
@@ -226,7 +279,7 @@ async fn dispatch_command(command: Command) -> anyhow::Result<std::process::Exit
             Ok(std::process::ExitCode::SUCCESS)
         }
         Command::Search { config, index, query, limit } => {
-            let config = Config::load(&config)?;
+            let config = load_config(&config)?;
             let search = wiring::open_search(&config).context("cannot open the search backend")?;
             let hits = search.query(&index, &query, limit).await.context("search failed")?;
             for hit in &hits {
@@ -240,7 +293,7 @@ async fn dispatch_command(command: Command) -> anyhow::Result<std::process::Exit
 }
 
 async fn run(path: &Path) -> anyhow::Result<std::process::ExitCode> {
-    let config = Config::load(path)?;
+    let config = load_config(path)?;
     let host = Host::build(&config).await?.with_progress(true);
     let shutdown = CancellationToken::new();
     let signal = shutdown.clone();
@@ -354,7 +407,7 @@ async fn plugins(admin: &str, token: Option<&str>, action: PluginsAction) -> any
 }
 
 fn check(path: &Path) -> anyhow::Result<std::process::ExitCode> {
-    let config = Config::load(path)?;
+    let config = load_config(path)?;
     let runtime = Runtime::new(wiring::runtime_options(&config))?;
     let registry = wiring::load_handlers(&config, &Arc::new(runtime))?;
     if config.routes.is_empty() {

@@ -163,3 +163,80 @@ fn run_drains_and_exits_zero_on_sigterm() {
     let status = rt.block_on(host.wait_exit(60));
     assert!(status.success(), "exit {status:?}: {}", host.log());
 }
+
+/// A GET over plain HTTP/1.1 with `headers` (lines of `name: value\r\n`);
+/// the whole answer, headers and body.
+async fn get(port: u16, path: &str, headers: &str) -> String {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut stream = tokio::net::TcpStream::connect(("127.0.0.1", port)).await.unwrap();
+    let request = format!("GET {path} HTTP/1.1\r\nhost: 127.0.0.1\r\nconnection: close\r\n{headers}\r\n");
+    stream.write_all(request.as_bytes()).await.unwrap();
+    let mut answer = String::new();
+    stream.read_to_string(&mut answer).await.unwrap();
+    answer
+}
+
+/// Secrets planted through `${NAME}` and `file:` reach what they configure
+/// (a handler reads the real value), and never what the binary prints: not
+/// `check`'s output, not the log of a run at debug level, not an error that
+/// quotes the value, not `/metrics`.
+#[test]
+fn secrets_from_the_environment_and_files_never_reach_the_output() {
+    const ENV_SECRET: &str = "planted-env-secret-8731";
+    const FILE_SECRET: &str = "planted-file-secret-5521";
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(dir.path().join("token"), format!("{FILE_SECRET}\n")).unwrap();
+    let (port, admin) = (support::free_port(), support::free_port());
+    let text = format!(
+        "data_dir = \".\"\n[sources.web]\ntype = \"http\"\nlisten = \"127.0.0.1:{port}\"\n\
+         [admin]\nlisten = \"127.0.0.1:{admin}\"\ntoken = \"file:token\"\n\
+         [backends.cache]\ntype = \"redis\"\nurl = \"redis://127.0.0.1:6379/11\"\n\
+         [tenants.t.grants]\ncache_prefixes = [\"http:\"]\nallowed_hosts = [\"http://127.0.0.1:1\"]\n\
+         [tenants.t.handlers.reader]\nwasm = \"{}\"\nconfig = {{ api_key = \"key-${{SY_PLANTED_API_KEY}}\" }}\n\
+         [[routes]]\nsource = \"web\"\ntopic = \"*\"\ntenant = \"t\"\nhandler = \"reader\"\n",
+        plugin("http_call").display()
+    );
+    std::fs::write(dir.path().join("switchyard.toml"), &text).unwrap();
+    let env = [("SY_PLANTED_API_KEY", ENV_SECRET), ("RUST_LOG", "debug")];
+
+    let check = switchyard().envs(env).arg("check").arg(dir.path().join("switchyard.toml")).output().unwrap();
+    let printed = format!("{}{}", String::from_utf8_lossy(&check.stdout), String::from_utf8_lossy(&check.stderr));
+    assert!(check.status.success(), "{printed}");
+    assert!(!printed.contains(ENV_SECRET) && !printed.contains(FILE_SECRET), "check printed a secret: {printed}");
+
+    let mut host = support::host::HostProcess::start_with_env(dir.path(), &env);
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    rt.block_on(async {
+        support::wait_for_port(port).await;
+        let url = format!("http://127.0.0.1:{port}/topics/read");
+        let (status, body) = support::post(&url, &[], br#"{"config": "api_key", "key": "http:secret"}"#).await;
+        assert_eq!(status, 200, "{body}");
+        let client = redis::Client::open("redis://127.0.0.1:6379/11").unwrap();
+        let mut redis = client.get_multiplexed_async_connection().await.unwrap();
+        let seen: String = redis::cmd("GETDEL").arg("http:secret").query_async(&mut redis).await.unwrap();
+        assert_eq!(seen, format!("key-{ENV_SECRET}"), "the handler reads the real value");
+        // The admin token came from the file: a call with it is let in.
+        let versions = "/v1/handlers/t/reader/versions";
+        assert!(get(admin, versions, "").await.starts_with("HTTP/1.1 401"));
+        let bearer = format!("authorization: Bearer {FILE_SECRET}\r\n");
+        let listed = get(admin, versions, &bearer).await;
+        assert!(listed.starts_with("HTTP/1.1 200"), "{listed}");
+        let metrics = get(admin, "/metrics", "").await;
+        assert!(metrics.contains("switchyard_messages_handled_total"), "{metrics}");
+        assert!(!metrics.contains(ENV_SECRET) && !metrics.contains(FILE_SECRET), "{metrics}");
+    });
+    host.signal("TERM");
+    assert!(rt.block_on(host.wait_exit(60)).success(), "{}", host.log());
+    let log = host.log();
+    assert!(log.contains("DEBUG"), "the run logged at debug level: {log}");
+    assert!(!log.contains(ENV_SECRET) && !log.contains(FILE_SECRET), "the log holds a secret: {log}");
+
+    // An error that quotes the value: a Redis URL the client refuses.
+    let broken = text.replace("redis://127.0.0.1:6379/11", "redis://:${SY_PLANTED_API_KEY}@127.0.0.1:6379/not-a-db");
+    std::fs::write(dir.path().join("switchyard.toml"), broken).unwrap();
+    let run = switchyard().envs(env).arg("run").arg(dir.path().join("switchyard.toml")).output().unwrap();
+    let stderr = String::from_utf8_lossy(&run.stderr);
+    assert!(!run.status.success());
+    assert!(stderr.contains("redis url \"redis://:***@127.0.0.1:6379/not-a-db\""), "{stderr}");
+    assert!(!stderr.contains(ENV_SECRET), "{stderr}");
+}

@@ -8,6 +8,7 @@
 mod backends;
 mod defaults;
 mod routes;
+mod secrets;
 mod sources;
 mod tenants;
 
@@ -97,6 +98,12 @@ pub struct Config {
     /// `shutdown_grace_ms = 30000` (the default).
     #[serde(default = "defaults::shutdown_grace_ms")]
     pub shutdown_grace_ms: u64,
+
+    /// The values the config took from the environment or from files
+    /// (`${NAME}`, `file:<path>`), for the binary to keep out of what it
+    /// prints and logs. Not a config field.
+    #[serde(skip)]
+    pub secrets: Vec<String>,
 }
 
 /// The admin API: deploys, metrics and probes.
@@ -128,10 +135,24 @@ impl Config {
         Ok(config)
     }
 
-    /// Parse and check config text; `path` is only used in errors.
+    /// Parse and check config text; `path` is only used in errors, and its
+    /// directory is where `file:` secrets are found from.
     pub fn parse(path: &Path, text: &str) -> Result<Self, ConfigError> {
-        let config: Config = toml::from_str(text)
-            .map_err(|e| ConfigError::Parse { path: path.to_path_buf(), message: e.to_string() })?;
+        let parse_error = |e: toml::de::Error| ConfigError::Parse { path: path.to_path_buf(), message: e.to_string() };
+        // Straight from the text where nothing is to be replaced, so that
+        // errors keep their line and column.
+        let config =
+            if secrets::mentions(text) {
+                let mut tree: toml::Value = toml::from_str(text).map_err(parse_error)?;
+                let base = path.parent().unwrap_or(Path::new("."));
+                let secrets = secrets::expand(&mut tree, "", base)
+                    .map_err(|(field, message)| ConfigError::Invalid { path: path.to_path_buf(), field, message })?;
+                let mut config = Config::deserialize(tree).map_err(parse_error)?;
+                config.secrets = secrets.into_iter().filter(|s| !s.is_empty()).collect();
+                config
+            } else {
+                toml::from_str(text).map_err(parse_error)?
+            };
         config.validate(path)?;
         Ok(config)
     }
