@@ -285,14 +285,14 @@ impl Runtime {
         }
         caps.transaction = transaction;
         caps.variables = ctx.variables.clone();
-        caps.deadline = Some(started + Duration::from_millis(limits.timeout_ms));
+        let deadline = started + Duration::from_millis(limits.timeout_ms);
+        caps.deadline = Some(deadline);
         let mut store = self.store(ctx, caps);
         // Every tick, a handler still running in WebAssembly either hits its
         // deadline or steps aside: it sleeps for LONG_RUNNING_PAUSE ticks
         // before its next tick of CPU. Handlers that finish within a tick are
         // never paused; a runaway one gets a small share of a core, so it
         // cannot starve other tenants' messages before its deadline ends it.
-        let deadline = started + Duration::from_millis(limits.timeout_ms);
         // When the handler last reached a tick while computing. Time spent
         // waiting on a capability call does not count: only a handler seen
         // computing at two ticks in a row is long-running.
