@@ -19,8 +19,22 @@ use tokio_util::sync::CancellationToken;
 #[derive(Parser)]
 #[command(name = "switchyard", version, about = "Runs broker messages through sandboxed WebAssembly handlers")]
 struct Cli {
+    /// How log lines are written to stderr: `text` for a person, or `json`,
+    /// one object a line, for a log collector (`run` then prints no
+    /// progress lines, only log events).
+    #[arg(long, value_enum, default_value_t = LogFormat::Text, global = true)]
+    log_format: LogFormat,
     #[command(subcommand)]
     command: Command,
+}
+
+/// The format of the log on stderr.
+#[derive(Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+enum LogFormat {
+    /// Plain lines; coloured only at a terminal.
+    Text,
+    /// One JSON object a line, with the event's fields.
+    Json,
 }
 
 #[derive(Subcommand)]
@@ -210,16 +224,18 @@ impl std::io::Write for Redacting {
 static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
 fn main() -> std::process::ExitCode {
-    tracing_subscriber::fmt()
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_default_env()
-                .unwrap_or_else(|_| "warn,switchyard=info,handler=info".into()),
-        )
-        .with_writer(|| Redacting)
-        // Colour only for a person at a terminal, not in a log collector's file.
-        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()) && std::env::var_os("NO_COLOR").is_none())
-        .init();
     let cli = Cli::parse();
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| "warn,switchyard=info,handler=info".into());
+    let log = tracing_subscriber::fmt().with_env_filter(filter).with_writer(|| Redacting);
+    match cli.log_format {
+        // Colour only for a person at a terminal, not in a log collector's file.
+        LogFormat::Text => log
+            .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()) && std::env::var_os("NO_COLOR").is_none())
+            .init(),
+        LogFormat::Json => log.json().with_current_span(true).with_span_list(true).init(),
+    }
+    let progress = cli.log_format == LogFormat::Text;
     let runtime = match tokio::runtime::Runtime::new() {
         Ok(rt) => rt,
         Err(e) => {
@@ -227,7 +243,7 @@ fn main() -> std::process::ExitCode {
             return std::process::ExitCode::FAILURE;
         }
     };
-    match runtime.block_on(dispatch_command(cli.command)) {
+    match runtime.block_on(dispatch_command(cli.command, progress)) {
         Ok(code) => code,
         Err(e) => {
             eprintln!("error: {}", redact(&format!("{e:#}")));
@@ -236,9 +252,10 @@ fn main() -> std::process::ExitCode {
     }
 }
 
-async fn dispatch_command(command: Command) -> anyhow::Result<std::process::ExitCode> {
+/// Run `command`; `progress` prints `run`'s progress lines.
+async fn dispatch_command(command: Command, progress: bool) -> anyhow::Result<std::process::ExitCode> {
     match command {
-        Command::Run { config } => run(&config).await,
+        Command::Run { config } => run(&config, progress).await,
         Command::Invoke {
             wasm,
             topic,
@@ -292,9 +309,9 @@ async fn dispatch_command(command: Command) -> anyhow::Result<std::process::Exit
     }
 }
 
-async fn run(path: &Path) -> anyhow::Result<std::process::ExitCode> {
+async fn run(path: &Path, progress: bool) -> anyhow::Result<std::process::ExitCode> {
     let config = load_config(path)?;
-    let host = Host::build(&config).await?.with_progress(true);
+    let host = Host::build(&config).await?.with_progress(progress);
     let shutdown = CancellationToken::new();
     let signal = shutdown.clone();
     tokio::spawn(async move {

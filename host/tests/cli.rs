@@ -240,3 +240,46 @@ fn secrets_from_the_environment_and_files_never_reach_the_output() {
     assert!(stderr.contains("redis url \"redis://:***@127.0.0.1:6379/not-a-db\""), "{stderr}");
     assert!(!stderr.contains(ENV_SECRET), "{stderr}");
 }
+
+/// `--log-format json`: every line on stderr is one JSON object, the
+/// events' fields among its keys, and no progress line is mixed in.
+#[test]
+fn run_logs_one_json_object_a_line() {
+    let dir = tempfile::tempdir().unwrap();
+    let lines = [
+        r#"{"topic": "f", "id": "ok", "payload": {"mode": "ok"}}"#,
+        r#"{"topic": "f", "id": "no", "payload": {"mode": "reject"}}"#,
+    ];
+    std::fs::write(dir.path().join("in.jsonl"), lines.join("\n") + "\n").unwrap();
+    let text = format!(
+        "data_dir = \".\"\n[sources.in]\ntype = \"file\"\npath = \"in.jsonl\"\n\
+         [tenants.t.grants]\ncache_prefixes = [\"faults:\"]\ndb_tables = [\"faults\"]\n\
+         [tenants.t.handlers.faults]\nwasm = \"{}\"\n\
+         [[routes]]\nsource = \"in\"\ntopic = \"*\"\ntenant = \"t\"\nhandler = \"faults\"\n",
+        plugin("faults").display()
+    );
+    std::fs::write(dir.path().join("switchyard.toml"), text).unwrap();
+    let out = Command::new(env!("CARGO_BIN_EXE_switchyard"))
+        .args(["--log-format", "json", "run"])
+        .arg(dir.path().join("switchyard.toml"))
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{stderr}");
+    let events: Vec<serde_json::Value> = stderr
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("not one JSON object: {l:?}: {e}")))
+        .collect();
+    let dead = events.iter().find(|e| e["fields"]["message"] == "dead-lettering").expect("the reject is logged");
+    assert_eq!(dead["level"], "WARN");
+    assert_eq!(dead["fields"]["reason"], "rejected: asked to reject");
+    assert_eq!(dead["span"]["message_id"], "no", "{dead}");
+    // The spans it is in, outermost first: the route names tenant and handler.
+    assert_eq!(dead["spans"][0]["tenant"], "t", "{dead}");
+    assert_eq!(dead["spans"][0]["handler"], "faults", "{dead}");
+    let stopped = events.iter().find(|e| e["fields"]["message"] == "switchyard stopped").expect("the summary");
+    assert_eq!(
+        (stopped["fields"]["handled"].as_u64(), stopped["fields"]["dead_lettered"].as_u64()),
+        (Some(1), Some(1))
+    );
+}
