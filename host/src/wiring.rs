@@ -252,7 +252,7 @@ impl Host {
                 max_http_response_bytes: q.max_http_response_bytes.unwrap_or(d.max_http_response_bytes),
             };
             let grants = tenant.grants.clone();
-            caps.insert(name, Arc::new(Capabilities { backends, grants, output, indexes: Default::default() }));
+            caps.insert(name, Arc::new(Capabilities::new(backends, grants, output)));
         }
 
         let mut routes = Vec::new();

@@ -49,14 +49,20 @@ fn produce(queue: &str, args: &[&str]) {
 
 /// Run the pika producer of scenario `example` with `args`.
 fn produce_with(example: &str, queue: &str, args: &[&str]) {
+    producer(example, &pika(), &[&["--queue", queue], args].concat());
+}
+
+/// Run `examples/<example>/producer.py` with `args` and the client library
+/// in `client`; its standard output.
+fn producer(example: &str, client: &Path, args: &[&str]) -> String {
     let out = Command::new("python3")
         .arg(repo().join(format!("examples/{example}/producer.py")))
-        .args(["--queue", queue])
         .args(args)
-        .env("PYTHONPATH", pika())
+        .env("PYTHONPATH", client)
         .output()
         .unwrap();
-    assert!(out.status.success(), "producer {args:?}: {}", String::from_utf8_lossy(&out.stderr));
+    assert!(out.status.success(), "{example} producer {args:?}: {}", String::from_utf8_lossy(&out.stderr));
+    String::from_utf8(out.stdout).unwrap()
 }
 
 /// The example's config, with the queue, the Redis database and the paths
@@ -204,14 +210,8 @@ fn confluent_kafka() -> PathBuf {
 
 fn produce_kafka(topics: (&str, &str), args: &[&str]) {
     let brokers = std::env::var("KAFKA_BROKERS").unwrap_or_else(|_| "127.0.0.1:9092".into());
-    let out = Command::new("python3")
-        .arg(repo().join("examples/db/producer.py"))
-        .args(["--brokers", &brokers, "--insert-topic", topics.0, "--sync-topic", topics.1])
-        .args(args)
-        .env("PYTHONPATH", confluent_kafka())
-        .output()
-        .unwrap();
-    assert!(out.status.success(), "producer {args:?}: {}", String::from_utf8_lossy(&out.stderr));
+    let topics = ["--brokers", &brokers, "--insert-topic", topics.0, "--sync-topic", topics.1];
+    producer("db", &confluent_kafka(), &[&topics[..], args].concat());
 }
 
 type UserRow = (i64, String, i64, String);
@@ -438,14 +438,7 @@ fn nats_py() -> PathBuf {
 
 /// Run the events scenario's producer with `args`; its standard output.
 fn produce_events(args: &[&str]) -> String {
-    let out = Command::new("python3")
-        .arg(repo().join("examples/events/producer.py"))
-        .args(args)
-        .env("PYTHONPATH", nats_py())
-        .output()
-        .unwrap();
-    assert!(out.status.success(), "producer {args:?}: {}", String::from_utf8_lossy(&out.stderr));
-    String::from_utf8(out.stdout).unwrap()
+    producer("events", &nats_py(), args)
 }
 
 /// The example's stand-in mail API, stopped when dropped.

@@ -8,7 +8,7 @@ use std::sync::Arc;
 
 use serde::Serialize;
 
-use crate::config::Grants;
+use crate::config::{Grants, HostPattern};
 use crate::contract::bindings::publish::Outgoing;
 use crate::contract::bindings::{CapabilityError, types};
 use crate::contract::cache::CacheBackend;
@@ -40,6 +40,9 @@ pub struct Capabilities {
     pub backends: Arc<Backends>,
     /// The tenant's grants.
     pub grants: Grants,
+    /// `grants.allowed_hosts`, parsed once (`Grants::validate` refused any
+    /// that does not parse).
+    pub allowed_hosts: Vec<HostPattern>,
     /// What one message may publish and log.
     pub output: OutputLimits,
     /// The search indexes the tenant has written to since the host started,
@@ -86,21 +89,23 @@ pub const MAX_KEY_BYTES: usize = 4 << 10;
 pub const MAX_HEADER_BYTES: usize = 64 << 10;
 
 impl Capabilities {
+    /// What a tenant with `grants` reaches of `backends`, within `output`.
+    pub fn new(backends: Arc<Backends>, grants: Grants, output: OutputLimits) -> Self {
+        let allowed_hosts = grants.allowed_hosts.iter().filter_map(|p| HostPattern::parse(p).ok()).collect();
+        Self { backends, grants, allowed_hosts, output, indexes: Default::default() }
+    }
+
     /// Every capability granted without limit; for `switchyard invoke` and tests.
     pub fn unrestricted(backends: Arc<Backends>) -> Self {
         let all = vec![String::new()];
-        Self {
-            backends,
-            grants: Grants {
-                cache_prefixes: all.clone(),
-                db_tables: vec!["*".into()],
-                search_prefixes: all,
-                publish: vec!["*".into()],
-                allowed_hosts: vec!["http://*:*".into(), "https://*:*".into()],
-            },
-            output: OutputLimits { max_indexes: usize::MAX, ..OutputLimits::default() },
-            indexes: Default::default(),
-        }
+        let grants = Grants {
+            cache_prefixes: all.clone(),
+            db_tables: vec!["*".into()],
+            search_prefixes: all,
+            publish: vec!["*".into()],
+            allowed_hosts: vec!["http://*:*".into(), "https://*:*".into()],
+        };
+        Self::new(backends, grants, OutputLimits { max_indexes: usize::MAX, ..OutputLimits::default() })
     }
 }
 

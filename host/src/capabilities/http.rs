@@ -7,7 +7,6 @@ use std::time::{Duration, Instant};
 
 use url::Url;
 
-use crate::config::HostPattern;
 use crate::contract::bindings::http;
 use crate::contract::errors::CapabilityFailure;
 use crate::contract::http::HttpRequest;
@@ -33,12 +32,9 @@ impl CapabilityCtx {
             None => Url::parse(url),
         }
         .map_err(|e| CapabilityFailure::Invalid(format!("{url:?} is not a URL: {e}")))?;
-        let allowed = &self.access.grants.allowed_hosts;
         let (scheme, host, port) = (parsed.scheme(), parsed.host_str(), parsed.port_or_known_default());
         let granted = match (host, port) {
-            (Some(host), Some(port)) => {
-                allowed.iter().filter_map(|p| HostPattern::parse(p).ok()).any(|p| p.matches(scheme, host, port))
-            }
+            (Some(host), Some(port)) => self.access.allowed_hosts.iter().any(|p| p.matches(scheme, host, port)),
             _ => false,
         };
         if granted {
@@ -48,6 +44,7 @@ impl CapabilityCtx {
             Some(from) => format!("the redirect from {from} to {parsed}"),
             None => format!("{parsed}"),
         };
+        let allowed = &self.access.grants.allowed_hosts;
         Err(CapabilityFailure::Denied(format!("{what} is outside the tenant's allowed_hosts {allowed:?}")))
     }
 

@@ -1,11 +1,8 @@
-//! A local HTTP server for the `http` capability's tests and the events
-//! example: a few fixed routes that misbehave on purpose, and a mail API
-//! that deduplicates on `Idempotency-Key`, as a real one would. Every request
-//! is recorded, so a test reads what reached the server, not what the
-//! handler says it sent.
+//! A local HTTP server for the `http` capability's tests: a few fixed routes
+//! that misbehave on purpose. Every request is recorded, so a test reads
+//! what reached the server, not what the handler says it sent.
 
-use std::collections::BTreeMap;
-use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
+use std::sync::atomic::{AtomicU32, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -14,7 +11,7 @@ use axum::body::{Body, Bytes};
 use axum::extract::State;
 use axum::http::{HeaderMap, StatusCode, Uri, header};
 use axum::response::{IntoResponse, Response};
-use axum::routing::{any, post};
+use axum::routing::any;
 
 /// One request as the server saw it.
 #[derive(Debug, Clone)]
@@ -32,12 +29,6 @@ pub struct Hit {
 pub struct Seen {
     /// Every request, in order.
     pub hits: Mutex<Vec<Hit>>,
-    /// Mails sent, by idempotency key: each key sends once.
-    pub mails: Mutex<BTreeMap<String, String>>,
-    /// While set, the mail API records a new mail and then holds its
-    /// answer until cleared: a crash can land after the effect, before the
-    /// handler hears of it.
-    pub hold: AtomicBool,
     /// Calls to `/flaky` so far.
     flaky: AtomicU32,
 }
@@ -69,18 +60,17 @@ pub async fn start() -> TestServer {
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let port = listener.local_addr().unwrap().port();
     let seen = Arc::new(Seen::default());
-    let app = Router::new().route("/mail", post(mail)).fallback(any(fixed)).with_state((seen.clone(), port));
+    let app = Router::new().fallback(any(fixed)).with_state((seen.clone(), port));
     tokio::spawn(async move { axum::serve(listener, app).await });
     TestServer { port, seen }
 }
 
 type Shared = (Arc<Seen>, u16);
 
-fn record(seen: &Seen, uri: &Uri, headers: &HeaderMap, body: &Bytes) -> Hit {
+fn record(seen: &Seen, uri: &Uri, headers: &HeaderMap, body: &Bytes) {
     let key = headers.get("idempotency-key").and_then(|v| v.to_str().ok()).map(str::to_string);
     let hit = Hit { path: uri.path().to_string(), key, body: String::from_utf8_lossy(body).into_owned() };
-    seen.hits.lock().unwrap().push(hit.clone());
-    hit
+    seen.hits.lock().unwrap().push(hit);
 }
 
 /// The misbehaving routes.
@@ -110,25 +100,4 @@ async fn fixed(State((seen, port)): State<Shared>, uri: Uri, headers: HeaderMap,
         "/redirect-loop" => (StatusCode::FOUND, [(header::LOCATION, "/redirect-loop".to_string())]).into_response(),
         _ => StatusCode::NOT_FOUND.into_response(),
     }
-}
-
-/// The mail API: `POST /mail` with an `Idempotency-Key` sends once per key.
-async fn mail(State((seen, _)): State<Shared>, uri: Uri, headers: HeaderMap, body: Bytes) -> Response {
-    let hit = record(&seen, &uri, &headers, &body);
-    let Some(key) = hit.key else {
-        return (StatusCode::BAD_REQUEST, "an Idempotency-Key is required").into_response();
-    };
-    let first = {
-        let mut mails = seen.mails.lock().unwrap();
-        let first = !mails.contains_key(&key);
-        mails.entry(key.clone()).or_insert(hit.body);
-        first
-    };
-    if !first {
-        return (StatusCode::OK, format!(r#"{{"id": "{key}", "duplicate": true}}"#)).into_response();
-    }
-    while seen.hold.load(Ordering::SeqCst) {
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
-    (StatusCode::ACCEPTED, format!(r#"{{"id": "{key}"}}"#)).into_response()
 }
