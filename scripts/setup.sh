@@ -1,14 +1,22 @@
 #!/usr/bin/env bash
 # Everything the tests need, on a fresh machine: the wasm target, the
 # Python, JavaScript and C handler toolchains, the services on their usual
-# ports (started with the machine's own commands when not answering), and a
-# Kafka-protocol broker (tansu), installed into the tool cache once.
+# ports (started with the machine's own commands when not answering), a
+# Kafka-protocol broker (tansu) and the RocketMQ name server and broker,
+# installed into the tool cache once.
 # `make test` runs it first; so does `.ci/run`, through `make test`.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
 export SWITCHYARD_CACHE="${SWITCHYARD_CACHE:-/var/cache/switchyard}"
 mkdir -p "$SWITCHYARD_CACHE"
+
+# The RocketMQ install is the longest (10-25 minutes on 2 cores the first
+# time); it builds in the background while the rest is set up.
+mkdir -p "$SWITCHYARD_CACHE/logs"
+RMQ_LOG="$SWITCHYARD_CACHE/logs/rocketmq-install.log"
+scripts/rocketmq.sh install >"$RMQ_LOG" 2>&1 &
+RMQ_INSTALL=$!
 
 echo "== toolchain"
 rustup target add wasm32-wasip2
@@ -53,3 +61,11 @@ if ! up 9092; then
     --storage-engine memory://tansu/ >>"$SWITCHYARD_CACHE/tansu.log" 2>&1 < /dev/null &
 fi
 wait_up 9092 "Kafka (tansu)"
+
+echo "== RocketMQ (name server and broker)"
+if ! wait "$RMQ_INSTALL"; then
+  tail -30 "$RMQ_LOG" >&2
+  echo "installing RocketMQ failed; the whole log is $RMQ_LOG" >&2
+  exit 1
+fi
+scripts/rocketmq.sh start

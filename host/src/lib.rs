@@ -36,6 +36,10 @@
 //! A handler that traps, loops or exhausts its memory fails only its own
 //! message; the host keeps serving.
 
+// The RocketMQ client's types nest deeper than the default limit allows
+// for proving a future `Send`.
+#![recursion_limit = "512"]
+
 pub mod contract;
 
 pub mod config;

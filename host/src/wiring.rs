@@ -45,7 +45,7 @@ use crate::runtime::{InvokeContext, Runtime, RuntimeError, RuntimeOptions};
 use crate::sources::dead_letter::DeadLetterFile;
 use crate::sources::file::FileSource;
 use crate::sources::http::HttpSource;
-use crate::sources::{amqp, kafka, nats, redis_streams};
+use crate::sources::{amqp, kafka, nats, redis_streams, rocketmq};
 
 /// The host could not be built from its config.
 #[derive(Debug, thiserror::Error)]
@@ -203,6 +203,7 @@ fn source(config: &Config, name: &str, source: &SourceConfig, concurrency: usize
         SourceConfig::JetStream(c) => broker(nats::jetstream::build(name, c, concurrency)),
         SourceConfig::Redis(c) => broker(redis_streams::build(name, c, concurrency)),
         SourceConfig::Kafka(c) => broker(kafka::source::build(name, c, concurrency)),
+        SourceConfig::RocketMq(c) => broker(rocketmq::source::build(name, c, concurrency)),
     }
 }
 

@@ -96,3 +96,15 @@ pub fn redis_group() -> String {
 pub fn redis_claim_idle_ms() -> u64 {
     60_000
 }
+pub fn rocketmq_group() -> String {
+    "switchyard".into()
+}
+pub fn rocketmq_tags() -> String {
+    "*".into()
+}
+pub fn rocketmq_queues() -> i32 {
+    4
+}
+pub fn rocketmq_send_timeout_ms() -> u64 {
+    3000
+}

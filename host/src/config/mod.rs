@@ -21,7 +21,7 @@ pub use backends::{BackendsConfig, CacheBackendConfig, DbBackendConfig, SearchBa
 pub use routes::RouteConfig;
 pub use sources::{
     AmqpBinding, AmqpConfig, AmqpExchange, AmqpQueueMode, FileConfig, HttpConfig, JetStreamConfig, KafkaConfig,
-    NatsConfig, RedisStreamsConfig, SourceConfig, StartFrom,
+    NatsConfig, RedisStreamsConfig, RocketMqConfig, SourceConfig, StartFrom,
 };
 pub use tenants::{
     Grants, HandlerConfig, HostMatch, HostPattern, Limits, MAX_MEMORY_MIB, Quotas, TableGrant, TenantConfig,

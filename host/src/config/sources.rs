@@ -32,6 +32,8 @@ pub enum SourceConfig {
     Redis(RedisStreamsConfig),
     /// Reads Kafka topics in a consumer group; see [`KafkaConfig`].
     Kafka(KafkaConfig),
+    /// Reads RocketMQ topics in a consumer group; see [`RocketMqConfig`].
+    RocketMq(RocketMqConfig),
 }
 
 /// A `file` source.
@@ -349,5 +351,55 @@ impl KafkaConfig {
     /// The dead-letter topic of records from `topic`.
     pub fn dead_letter_topic(&self, topic: &str) -> String {
         self.dead_letter_topic.clone().unwrap_or_else(|| format!("{topic}{}", self.dead_letter_suffix))
+    }
+}
+
+/// A RocketMQ source: topics read in a clustering consumer group, through
+/// the broker's name server.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RocketMqConfig {
+    /// The name servers, `host:port`, separated by `;`.
+    /// Example: `name_server = "127.0.0.1:9876"`.
+    pub name_server: String,
+    /// Topics to read; a message's topic is the topic it was sent to.
+    /// Example: `topics = ["order-topic"]`.
+    pub topics: Vec<String>,
+    /// The consumer group; hosts in one group share the topics' queues.
+    /// Example: `group = "my-consumer-group"`; default `switchyard`.
+    #[serde(default = "defaults::rocketmq_group")]
+    pub group: String,
+    /// Tag filter of the subscription, as RocketMQ writes it:
+    /// `"*"` for all, or `"TagA || TagB"`. Example: `tags = "created || paid"`;
+    /// default `*`.
+    #[serde(default = "defaults::rocketmq_tags")]
+    pub tags: String,
+    /// Where dead letters are sent, with the reason properties. Example:
+    /// `dead_letter_topic = "orders-dead-letter"`; default the group's own
+    /// dead-letter queue, `%DLQ%<group>`.
+    #[serde(default)]
+    pub dead_letter_topic: Option<String>,
+    /// Create the topics at start, with `queues` queues each, where missing.
+    /// Example: `create_topics = false`; default true.
+    #[serde(default = "defaults::yes")]
+    pub create_topics: bool,
+    /// Queues of each topic the source creates. Example: `queues = 8`; default 4.
+    #[serde(default = "defaults::rocketmq_queues")]
+    pub queues: i32,
+    /// Where a group with no committed offset starts: `earliest` or
+    /// `latest`. Example: `start_from = "latest"`; default `earliest`.
+    #[serde(default)]
+    pub start_from: StartFrom,
+    /// How long sending one message (a publish, a retry, a dead letter) may
+    /// take before it fails, in milliseconds. Example:
+    /// `send_timeout_ms = 3000` (the default).
+    #[serde(default = "defaults::rocketmq_send_timeout_ms")]
+    pub send_timeout_ms: u64,
+}
+
+impl RocketMqConfig {
+    /// The topic dead letters are sent to.
+    pub fn dead_letter_topic(&self) -> String {
+        self.dead_letter_topic.clone().unwrap_or_else(|| format!("%DLQ%{}", self.group))
     }
 }

@@ -28,13 +28,16 @@ pub const ID: &str = "switchyard-id";
 /// same row, so a receiver can drop a repeat.
 pub const MESSAGE_ID: &str = "switchyard-message-id";
 
-/// The topic a retried or dead-lettered Kafka record came from, so a record
-/// read back from a retry topic is routed as its original topic.
+/// The topic a retried or dead-lettered Kafka record (or dead-lettered
+/// RocketMQ message) came from, so a record read back from a retry topic is
+/// routed as its original topic.
 pub const TOPIC: &str = "switchyard-topic";
 /// The Kafka partition a dead letter was read from.
 pub const PARTITION: &str = "switchyard-partition";
-/// The Kafka offset a dead letter was read at.
+/// The Kafka or RocketMQ offset a dead letter was read at.
 pub const OFFSET: &str = "switchyard-offset";
+/// The RocketMQ queue a dead letter was read from.
+pub const QUEUE: &str = "switchyard-queue";
 /// The NATS subject a dead letter came from.
 pub const SUBJECT: &str = "switchyard-subject";
 /// The JetStream stream sequence of a dead letter.

@@ -12,3 +12,4 @@ pub mod http;
 pub mod kafka;
 pub mod nats;
 pub mod redis_streams;
+pub mod rocketmq;

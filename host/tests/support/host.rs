@@ -16,11 +16,12 @@ pub struct HostProcess {
 }
 
 /// What the sources log once they are consuming.
-const READY: [&str; 5] = [
+const READY: [&str; 6] = [
     "connected to RabbitMQ",
     "pulling from JetStream",
     "subscribed to NATS",
     "reading Redis streams",
+    "subscribed to RocketMQ topics",
     // Logged once the consumer group has given the host partitions.
     "consuming Kafka partitions",
 ];
