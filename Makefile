@@ -6,7 +6,7 @@
 
 TARGET_DIR ?= $(or $(CARGO_TARGET_DIR),$(CURDIR)/target)
 PLUGINS_TARGET ?= $(TARGET_DIR)/plugins
-PLUGINS := cache-update order-insert search-index faults noop wrong-world hostile version-a version-b record order-saga http-call product-cache row-sync article-index
+PLUGINS := cache-update order-insert search-index faults noop wrong-world hostile version-a version-b record order-saga http-call product-cache row-sync article-index shop-saga
 
 QUICKSTART := cache-update order-insert search-index
 

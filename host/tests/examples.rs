@@ -581,3 +581,159 @@ fn events_scenario_runs_embedded() {
     assert!(stderr.contains("malformed registration: email must be an address"), "{stderr}");
     assert!(stderr.contains(r#"no mail_api configured: would send {"to": "ada@example.com""#), "{stderr}");
 }
+
+/// The saga scenario's own producer, on RocketMQ's client.
+#[path = "../../examples/saga/producer.rs"]
+#[allow(dead_code)]
+mod saga_producer;
+
+/// Send orders with the saga scenario's producer: `orders` generated ones
+/// (or the three demo orders), each `twice` if asked, or the guide's text.
+async fn produce_orders(topic: &str, orders: Option<usize>, twice: bool, text: Option<&str>) {
+    let options = saga_producer::Options {
+        name_server: std::env::var("ROCKETMQ_NAMESRV").unwrap_or_else(|_| "127.0.0.1:9876".into()),
+        topic: topic.into(),
+        orders,
+        prefix: "order".into(),
+        twice,
+        text: text.map(str::to_string),
+    };
+    saga_producer::send(&options).await.unwrap();
+}
+
+/// Scenario 4, RocketMQ order sagas on MariaDB: the guide's plain-text
+/// order, three demo orders and sixty generated ones, each of those sent
+/// twice, with the host SIGKILLed mid-stream and started again. Every order
+/// ends paid or cancelled; stock and balances move exactly once for each
+/// paid order; an order out of stock is cancelled with nothing reserved,
+/// and a declined one gets its stock back.
+#[tokio::test]
+async fn saga_scenario_rocketmq_orders_inventory_and_payment() {
+    let dir = support::brokers::test_dir("example-saga");
+    let database = support::unique("saga");
+    let admin = MySqlPool::connect("mysql://root@127.0.0.1:3306/test").await.unwrap();
+    sqlx::raw_sql(&format!("CREATE DATABASE {database}")).execute(&admin).await.unwrap();
+    let topic = |name: &str| support::unique(name);
+    let (orders_topic, inventory_topic, payment_topic) =
+        (topic("order-topic"), topic("inventory-topic"), topic("payment-topic"));
+    let name_server = std::env::var("ROCKETMQ_NAMESRV").unwrap_or_else(|_| "127.0.0.1:9876".into());
+    let text = std::fs::read_to_string(repo().join("examples/saga/switchyard.toml")).unwrap();
+    let text = text
+        .replace("\"order-topic\"", &format!("\"{orders_topic}\""))
+        .replace("\"inventory-topic\"", &format!("\"{inventory_topic}\""))
+        .replace("\"payment-topic\"", &format!("\"{payment_topic}\""))
+        .replace("orders:inventory-topic", &format!("orders:{inventory_topic}"))
+        .replace("orders:payment-topic", &format!("orders:{payment_topic}"))
+        .replace("orders:order-topic", &format!("orders:{orders_topic}"))
+        .replace("-service\"", &format!("-{database}\""))
+        .replace("\"my-consumer-group\"", &format!("\"orders-{database}\""))
+        .replace("127.0.0.1:9876", &name_server)
+        .replace("3306/test", &format!("3306/{database}"))
+        .replace("../../plugins/dist/", &format!("{}/plugins/dist/", repo().display()))
+        .replace("../../.switchyard/saga", &dir.join("data").display().to_string());
+    assert!(
+        text.matches(&orders_topic).count() == 6 && text.contains(&format!("3306/{database}")),
+        "the example's config changed shape"
+    );
+    std::fs::write(dir.join("switchyard.toml"), text).unwrap();
+
+    let mut host = HostProcess::start(&dir);
+    host.wait_ready().await;
+    produce_orders(&orders_topic, None, false, Some("widget")).await;
+    produce_orders(&orders_topic, None, true, None).await;
+    produce_orders(&orders_topic, Some(60), true, None).await;
+
+    let db = MySqlPool::connect(&format!("mysql://root@127.0.0.1:3306/{database}")).await.unwrap();
+    let count = |sql: &'static str| {
+        let db = db.clone();
+        async move { sqlx::query_scalar::<_, i64>(sql).fetch_one(&db).await.unwrap() }
+    };
+    // Killed once some orders are under way, then started again.
+    let deadline = Instant::now() + Duration::from_secs(120);
+    while count("SELECT count(*) FROM orders").await < 20 {
+        assert!(Instant::now() < deadline, "no orders were created:\n{}", host.log());
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    host.kill();
+    host.restart();
+
+    // The generated orders: every 5th out of stock, every 7th declined,
+    // the rest alice's widgets; the demo's 1001 goes through, 1002 is out
+    // of stock, 1003 declined; the guide's is the guest's widget.
+    let mut paid = vec![("order-1001".to_string(), 2i64)];
+    let (mut out_of_stock, mut declined) = (vec!["order-1002".to_string()], vec!["order-1003".to_string()]);
+    for i in 1..=60i64 {
+        let id = format!("order-{i}");
+        match () {
+            _ if i % 5 == 0 => out_of_stock.push(id),
+            _ if i % 7 == 0 => declined.push(id),
+            _ => paid.push((id, i % 3 + 1)),
+        }
+    }
+    let orders = 1 + paid.len() + out_of_stock.len() + declined.len();
+    let deadline = Instant::now() + Duration::from_secs(240);
+    loop {
+        let settled = count("SELECT count(*) FROM orders WHERE status IN ('paid', 'cancelled')").await;
+        let pending_releases =
+            count("SELECT count(*) FROM reservations r JOIN orders o ON o.id = r.order_id WHERE o.status = 'cancelled' AND r.released = 0").await;
+        if settled == orders as i64 && pending_releases == 0 {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "{settled} of {orders} orders settled, {pending_releases} releases pending:\n{}",
+            host.log()
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    // A moment for anything sent twice to arrive and change nothing.
+    tokio::time::sleep(Duration::from_secs(2)).await;
+
+    let status = |id: String| {
+        let db = db.clone();
+        async move {
+            sqlx::query_as::<_, (String, Option<String>)>("SELECT status, reason FROM orders WHERE id = ?")
+                .bind(&id)
+                .fetch_one(&db)
+                .await
+                .unwrap_or_else(|e| panic!("order {id}: {e}"))
+        }
+    };
+    for (id, _) in &paid {
+        assert_eq!(status(id.clone()).await.0, "paid", "order {id}");
+    }
+    for id in &out_of_stock {
+        assert_eq!(status(id.clone()).await, ("cancelled".into(), Some("out of stock".into())), "order {id}");
+    }
+    for id in &declined {
+        assert_eq!(status(id.clone()).await, ("cancelled".into(), Some("payment declined".into())), "order {id}");
+    }
+    let guest: Vec<(String, String, i64)> =
+        sqlx::query_as("SELECT status, item, qty FROM orders WHERE customer = 'guest'").fetch_all(&db).await.unwrap();
+    assert_eq!(guest, vec![("paid".into(), "widget".into(), 1)], "the guide's plain-text order");
+    assert_eq!(count("SELECT count(*) FROM orders").await, orders as i64, "each order once, though sent twice");
+
+    // Stock and money moved once per paid order, and back for declined ones.
+    let widgets: i64 = paid.iter().map(|(_, qty)| qty).sum::<i64>() + 1;
+    assert_eq!(count("SELECT stock FROM inventory WHERE item = 'widget'").await, 100 - widgets);
+    assert_eq!(count("SELECT stock FROM inventory WHERE item = 'gadget'").await, 5, "no gadget order could be met");
+    let alice_paid = 30 + (paid.len() as i64 - 1);
+    assert_eq!(count("SELECT balance FROM accounts WHERE customer = 'alice'").await, 1000 - alice_paid);
+    assert_eq!(count("SELECT balance FROM accounts WHERE customer = 'bob'").await, 20, "bob's orders were declined");
+    assert_eq!(count("SELECT count(*) FROM payments").await, paid.len() as i64 + 1, "one payment per paid order");
+    assert_eq!(count("SELECT count(*) FROM reservations WHERE released = 0").await, paid.len() as i64 + 1);
+    assert_eq!(
+        count("SELECT count(*) FROM reservations WHERE released = 1").await,
+        declined.len() as i64,
+        "declined: released"
+    );
+    assert_eq!(
+        count("SELECT count(*) FROM orders o JOIN reservations r ON r.order_id = o.id WHERE o.reason = 'out of stock'")
+            .await,
+        0,
+        "out of stock: nothing reserved"
+    );
+    assert!(host.terminate().success(), "{}", host.log());
+    db.close().await;
+    sqlx::raw_sql(&format!("DROP DATABASE {database}")).execute(&admin).await.unwrap();
+}
