@@ -127,6 +127,19 @@ enum Command {
         #[command(subcommand)]
         what: Option<BenchWhat>,
     },
+    /// Describe the config file: its JSON Schema, or its reference in Markdown.
+    Config {
+        #[command(subcommand)]
+        what: ConfigWhat,
+    },
+}
+
+#[derive(Subcommand)]
+enum ConfigWhat {
+    /// Print the JSON Schema of a config file, for editors.
+    Schema,
+    /// Print the configuration reference in Markdown (docs/configuration.md).
+    Reference,
 }
 
 #[derive(Subcommand)]
@@ -306,6 +319,14 @@ async fn dispatch_command(command: Command, progress: bool) -> anyhow::Result<st
             Ok(std::process::ExitCode::SUCCESS)
         }
         Command::Bench { what } => bench::run(what.unwrap_or_default()).await,
+        Command::Config { what } => {
+            let text = match what {
+                ConfigWhat::Schema => serde_json::to_string_pretty(&switchyard::config::reference::schema())?,
+                ConfigWhat::Reference => switchyard::config::reference::reference(),
+            };
+            println!("{}", text.trim_end());
+            Ok(std::process::ExitCode::SUCCESS)
+        }
     }
 }
 

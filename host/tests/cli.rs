@@ -283,3 +283,29 @@ fn run_logs_one_json_object_a_line() {
         (Some(1), Some(1))
     );
 }
+
+/// `docs/configuration.md` is what `switchyard config reference` makes from
+/// the config structs, so the reference cannot drift from the code; and
+/// `config schema` is a JSON Schema whose tables are those of the reference.
+#[test]
+fn the_configuration_reference_is_generated_from_the_config() {
+    let out = switchyard().args(["config", "reference"]).output().unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let generated = String::from_utf8(out.stdout).unwrap();
+    let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("../docs/configuration.md");
+    let committed = std::fs::read_to_string(&path).unwrap_or_default();
+    assert!(
+        generated == committed,
+        "{} is out of date; write it again with `cargo run --release -- config reference > docs/configuration.md`",
+        path.display()
+    );
+
+    let out = switchyard().args(["config", "schema"]).output().unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let schema: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let defs = schema["$defs"].as_object().unwrap();
+    for name in defs.keys() {
+        assert!(generated.contains(&format!("## {name}\n")), "{name} is in the schema but not the reference");
+    }
+    assert!(schema["properties"]["sources"].is_object() && defs.contains_key("RouteConfig"), "{schema}");
+}

@@ -3,12 +3,13 @@
 
 use std::path::PathBuf;
 
+use schemars::JsonSchema;
 use serde::Deserialize;
 
 use super::defaults;
 
 /// Which backend serves each capability.
-#[derive(Debug, Clone, Default, Deserialize)]
+#[derive(Debug, Clone, Default, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct BackendsConfig {
     /// The cache backend. Default `{ type = "memory" }`.
@@ -23,7 +24,7 @@ pub struct BackendsConfig {
 }
 
 /// The cache backend.
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, JsonSchema)]
 #[serde(tag = "type", rename_all = "lowercase", deny_unknown_fields)]
 pub enum CacheBackendConfig {
     /// An in-process map with TTLs. Lost when the host stops.
@@ -59,7 +60,7 @@ impl Default for CacheBackendConfig {
 }
 
 /// The database backend.
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, JsonSchema)]
 #[serde(tag = "type", rename_all = "lowercase", deny_unknown_fields)]
 pub enum DbBackendConfig {
     /// An SQLite database file, written in WAL mode.
@@ -79,7 +80,7 @@ pub enum DbBackendConfig {
 }
 
 /// A PostgreSQL or MySQL/MariaDB server.
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct SqlServerConfig {
     /// The server. Example: `url = "postgres://app:secret@127.0.0.1:5432/shop"`
@@ -138,7 +139,7 @@ impl Default for DbBackendConfig {
 }
 
 /// The search backend.
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, JsonSchema)]
 #[serde(tag = "type", rename_all = "lowercase", deny_unknown_fields)]
 pub enum SearchBackendConfig {
     /// Tantivy indexes on disk, one directory per index.

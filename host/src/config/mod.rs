@@ -7,6 +7,7 @@
 
 mod backends;
 mod defaults;
+pub mod reference;
 mod routes;
 mod secrets;
 mod sources;
@@ -15,6 +16,7 @@ mod tenants;
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
+use schemars::JsonSchema;
 use serde::Deserialize;
 
 pub use backends::{BackendsConfig, CacheBackendConfig, DbBackendConfig, SearchBackendConfig, SqlServerConfig};
@@ -60,7 +62,7 @@ pub enum ConfigError {
 }
 
 /// The whole config file.
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct Config {
     /// Where the host keeps its state: the compiled-code cache, and the default
@@ -107,7 +109,7 @@ pub struct Config {
 }
 
 /// The admin API: deploys, metrics and probes.
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct AdminConfig {
     /// Where the HTTP API listens. Example: `listen = "127.0.0.1:9090"`.

@@ -1,12 +1,13 @@
 //! Routes: which messages go to which handler, and how failures are treated.
 
+use schemars::JsonSchema;
 use serde::Deserialize;
 
 use super::defaults;
 use super::tenants::Limits;
 
 /// A route: which messages go to which handler, and how failures are treated.
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct RouteConfig {
     /// The source name, or `local` for messages handlers publish.

@@ -5,12 +5,13 @@
 use std::collections::BTreeMap;
 use std::path::PathBuf;
 
+use schemars::JsonSchema;
 use serde::Deserialize;
 
 use super::defaults;
 
 /// One message source, chosen by `type`.
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, JsonSchema)]
 #[serde(tag = "type", rename_all = "lowercase", deny_unknown_fields)]
 pub enum SourceConfig {
     /// Reads JSON lines from a file: one message per line,
@@ -37,7 +38,7 @@ pub enum SourceConfig {
 }
 
 /// A `file` source.
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct FileConfig {
     /// The JSON-lines file. Example: `path = "messages.jsonl"`.
@@ -57,7 +58,7 @@ pub struct FileConfig {
 }
 
 /// An `http` source.
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct HttpConfig {
     /// The address to listen on. Example: `listen = "127.0.0.1:8080"`.
@@ -69,7 +70,7 @@ pub struct HttpConfig {
 }
 
 /// A RabbitMQ source: the queues it consumes and the topology it declares.
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct AmqpConfig {
     /// The broker. Example: `url = "amqp://guest:guest@127.0.0.1:5672/%2f"`.
@@ -107,7 +108,7 @@ pub struct AmqpConfig {
 }
 
 /// How an AMQP source declares its queues.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize, JsonSchema)]
 #[serde(rename_all = "lowercase")]
 pub enum AmqpQueueMode {
     /// Durable, dead-lettering into the dead-letter exchange.
@@ -118,7 +119,7 @@ pub enum AmqpQueueMode {
 }
 
 /// An exchange to declare.
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct AmqpExchange {
     /// The exchange's name. Example: `name = "events"`.
@@ -129,7 +130,7 @@ pub struct AmqpExchange {
 }
 
 /// A binding to declare.
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct AmqpBinding {
     /// The exchange. Example: `exchange = "events"`.
@@ -149,7 +150,7 @@ impl AmqpConfig {
 }
 
 /// A core NATS source.
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct NatsConfig {
     /// The server. Example: `url = "nats://127.0.0.1:4222"`.
@@ -177,7 +178,7 @@ pub struct NatsConfig {
 }
 
 /// A JetStream source: a durable pull consumer on a stream.
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct JetStreamConfig {
     /// The server. Example: `url = "nats://127.0.0.1:4222"`.
@@ -232,7 +233,7 @@ impl JetStreamConfig {
 }
 
 /// A Redis Streams source.
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct RedisStreamsConfig {
     /// The server. Example: `url = "redis://127.0.0.1:6379"`.
@@ -271,7 +272,7 @@ impl RedisStreamsConfig {
 }
 
 /// A Kafka source: topics read in a consumer group.
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct KafkaConfig {
     /// The bootstrap brokers, comma-separated `host:port`.
@@ -337,7 +338,7 @@ pub struct KafkaConfig {
 }
 
 /// Where a consumer group with no committed offset starts reading.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Deserialize)]
+#[derive(Debug, Clone, Copy, Default, PartialEq, Deserialize, JsonSchema)]
 #[serde(rename_all = "lowercase")]
 pub enum StartFrom {
     /// The oldest record the broker keeps.
@@ -356,7 +357,7 @@ impl KafkaConfig {
 
 /// A RocketMQ source: topics read in a clustering consumer group, through
 /// the broker's name server.
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct RocketMqConfig {
     /// The name servers, `host:port`, separated by `;`.
@@ -390,8 +391,8 @@ pub struct RocketMqConfig {
     /// `latest`. Example: `start_from = "latest"`; default `earliest`.
     #[serde(default)]
     pub start_from: StartFrom,
-    /// How long sending one message (a publish, a retry, a dead letter) may
-    /// take before it fails, in milliseconds. Example:
+    /// How long sending one message (a publish or a dead letter) may take
+    /// before it fails, in milliseconds. Example:
     /// `send_timeout_ms = 3000` (the default).
     #[serde(default = "defaults::rocketmq_send_timeout_ms")]
     pub send_timeout_ms: u64,

@@ -3,12 +3,13 @@
 use std::collections::BTreeMap;
 use std::path::PathBuf;
 
+use schemars::JsonSchema;
 use serde::Deserialize;
 
 use super::defaults;
 
 /// A tenant: a team or customer whose handlers share grants.
-#[derive(Debug, Clone, Default, Deserialize)]
+#[derive(Debug, Clone, Default, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct TenantConfig {
     /// What the tenant's handlers may touch. Default: nothing.
@@ -30,7 +31,7 @@ pub struct TenantConfig {
 
 /// What a tenant's handlers may reach through their capabilities. Anything
 /// not granted is refused with `denied`.
-#[derive(Debug, Clone, Default, Deserialize)]
+#[derive(Debug, Clone, Default, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct Grants {
     /// Cache keys must start with one of these. Example: `cache_prefixes = ["product:"]`.
@@ -59,7 +60,7 @@ pub struct Grants {
 
 /// A tenant's quotas. The resource limits cap every handler's and route's
 /// own limits; the flow limits apply across all the tenant's routes.
-#[derive(Debug, Clone, Copy, Default, Deserialize, PartialEq)]
+#[derive(Debug, Clone, Copy, Default, Deserialize, PartialEq, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct Quotas {
     /// The most linear memory any invocation may use, in MiB. Example: `memory_mib = 32`.
@@ -122,7 +123,7 @@ impl Quotas {
 }
 
 /// One handler: a component and its limits.
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct HandlerConfig {
     /// The component file. Example: `wasm = "plugins/dist/cache_update.wasm"`.
@@ -139,7 +140,7 @@ pub struct HandlerConfig {
 }
 
 /// Resource limits applied to every invocation of a handler.
-#[derive(Debug, Clone, Copy, Deserialize, PartialEq)]
+#[derive(Debug, Clone, Copy, Deserialize, PartialEq, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct Limits {
     /// Linear memory an instance may grow to, in MiB. Example: `memory_mib = 64` (the default).
