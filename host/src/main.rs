@@ -393,6 +393,7 @@ async fn invoke(
         handler: wasm.display().to_string().into(),
         record_effects: true,
         variables: Arc::new(variables.into_iter().collect()),
+        pool: None,
     };
     let invocation = runtime.invoke(&plugin, &message, &ctx).await;
     let outcome = match &invocation.outcome {

@@ -40,6 +40,7 @@ use crate::dispatch::quota::TenantQuota;
 use crate::dispatch::relay::Relay;
 use crate::dispatch::route::Route;
 use crate::dispatch::stats::{Progress, Snapshot, Stats};
+use crate::runtime::pool::InstancePool;
 use crate::runtime::registry::{DeployError, Registry};
 use crate::runtime::{InvokeContext, Runtime, RuntimeError, RuntimeOptions};
 use crate::sources::dead_letter::DeadLetterFile;
@@ -83,6 +84,11 @@ pub fn runtime_options(config: &Config) -> RuntimeOptions {
         // A tenant's fuel quota caps every invocation of its handlers, so it
         // turns metering on as a handler's own fuel limit does.
         fuel: limits.iter().any(|l| l.fuel.is_some()) || config.tenants.values().any(|t| t.quotas.fuel.is_some()),
+        // A route never holds more instances, running and idle together,
+        // than its concurrency, so this many slots never run out.
+        max_instances: u32::try_from(config.routes.iter().map(|r| r.concurrency).sum::<usize>())
+            .unwrap_or(u32::MAX)
+            .max(RuntimeOptions::default().max_instances),
         ..RuntimeOptions::default()
     }
 }
@@ -268,9 +274,18 @@ impl Host {
             };
             let handler = tenant.handlers.get(&route.handler);
             let handler_limits = handler.map(|h| h.limits).unwrap_or_default();
+            let limits = tenant.quotas.cap(route.limits.unwrap_or(handler_limits));
+            // No more of a route's instances can be in use at once than its
+            // concurrency and the tenant's in-flight quota allow, so no more
+            // are kept idle.
+            let in_use = route.concurrency.min(tenant.quotas.max_in_flight.unwrap_or(usize::MAX));
+            let pool = route
+                .instances
+                .filter(|i| i.reuse > 1)
+                .map(|instances| Arc::new(InstancePool::new(&instances, &limits, in_use)));
             let invoke = InvokeContext {
                 caps: tenant_caps.clone(),
-                limits: tenant.quotas.cap(route.limits.unwrap_or(handler_limits)),
+                limits,
                 tenant: route.tenant.as_str().into(),
                 handler: route.handler.as_str().into(),
                 record_effects: false,
@@ -282,6 +297,7 @@ impl Host {
                         .map(|(k, v)| (k.clone(), v.clone()))
                         .collect(),
                 ),
+                pool,
             };
             routes.push(Route::new(route, invoke, slot.clone(), quota.clone()));
         }

@@ -171,6 +171,25 @@ async fn sigkill_and_restart() {
     conformance::sigkill_and_restart(&Rabbit::new("kill").await, &test_dir("amqp-kill"), 16).await;
 }
 
+/// The suite's settlement, failure, order and crash checks again, with
+/// bounded instance reuse on the route.
+#[tokio::test]
+async fn with_instance_reuse() {
+    use conformance::Reusing;
+    let _shared = shared();
+    conformance::ack(&Reusing(Rabbit::new("reuse-ack").await), &test_dir("amqp-reuse-ack")).await;
+    conformance::reject_goes_to_dead_letter(
+        &Reusing(Rabbit::new("reuse-reject").await),
+        &test_dir("amqp-reuse-reject"),
+    )
+    .await;
+    let trap = Reusing(Rabbit::new("reuse-trap").await);
+    conformance::trap_retried_then_dead_lettered(&trap, &test_dir("amqp-reuse-trap")).await;
+    conformance::order_per_key(&Reusing(Rabbit::new("reuse-order").await), &test_dir("amqp-reuse-order")).await;
+    let kill = Reusing(Rabbit::new("reuse-kill").await);
+    conformance::sigkill_and_restart(&kill, &test_dir("amqp-reuse-kill"), 16).await;
+}
+
 #[tokio::test]
 async fn sigterm_drains() {
     let _shared = shared();

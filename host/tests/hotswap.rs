@@ -72,8 +72,19 @@ async fn wait_handled(stats: &switchyard::dispatch::stats::Stats, n: u64) {
 /// new build.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn twenty_deploys_under_load_lose_nothing_and_run_nothing_twice() {
+    twenty_deploys("").await;
+}
+
+/// The same with instance reuse on the route: idle instances of the old
+/// build are retired, so no message that arrives after a deploy runs on it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn twenty_deploys_with_instance_reuse_leave_nothing_on_the_old_build() {
+    twenty_deploys("instances = { reuse = 1000 }").await;
+}
+
+async fn twenty_deploys(route_extra: &str) {
     let dir = tempfile::tempdir().unwrap();
-    let config = swap_config(dir.path(), "");
+    let config = swap_config(dir.path(), route_extra);
     let support::Running { stats, registry, shutdown, task, .. } = support::started_host(&config).await;
     let builds = [std::fs::read(plugin("version_a")).unwrap(), std::fs::read(plugin("version_b")).unwrap()];
 

@@ -394,6 +394,7 @@ fn context(caps: Capabilities, lang: &str) -> InvokeContext {
         handler: format!("cache-update ({lang})").into(),
         record_effects: true,
         variables: Default::default(),
+        pool: None,
     }
 }
 

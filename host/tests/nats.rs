@@ -250,6 +250,20 @@ async fn jetstream_sigkill_and_restart() {
     conformance::sigkill_and_restart(&JetStream::new("kill").await, &test_dir("js-kill"), 16).await;
 }
 
+/// The JetStream suite's settlement, failure, order and crash checks again,
+/// with bounded instance reuse on the route.
+#[tokio::test]
+async fn jetstream_with_instance_reuse() {
+    use conformance::Reusing;
+    conformance::ack(&Reusing(JetStream::new("reuse-ack").await), &test_dir("js-reuse-ack")).await;
+    conformance::retry_after_delay(&Reusing(JetStream::new("reuse-retry").await), &test_dir("js-reuse-retry")).await;
+    let trap = Reusing(JetStream::new("reuse-trap").await);
+    conformance::trap_retried_then_dead_lettered(&trap, &test_dir("js-reuse-trap")).await;
+    conformance::order_per_key(&Reusing(JetStream::new("reuse-order").await), &test_dir("js-reuse-order")).await;
+    let kill = Reusing(JetStream::new("reuse-kill").await);
+    conformance::sigkill_and_restart(&kill, &test_dir("js-reuse-kill"), 16).await;
+}
+
 #[tokio::test]
 async fn jetstream_sigterm_drains() {
     conformance::sigterm_drains(&JetStream::new("drain").await, &test_dir("js-drain")).await;

@@ -15,7 +15,7 @@ pub fn render<'a>(handlers: impl Iterator<Item = (&'a str, &'a str, &'a HandlerM
     let mut out = String::new();
     // Name, type, help, and how to read it from a handler's metrics.
     type Counter = (&'static str, &'static str, &'static str, fn(&HandlerMetrics) -> u64);
-    let counters: [Counter; 7] = [
+    let counters: [Counter; 8] = [
         ("switchyard_messages_handled_total", "counter", "Messages acked after the handler returned ok.", |m| {
             m.handled.load(Ordering::Relaxed)
         }),
@@ -41,6 +41,12 @@ pub fn render<'a>(handlers: impl Iterator<Item = (&'a str, &'a str, &'a HandlerM
             "counter",
             "HTTP requests handlers sent through the http capability, redirects included.",
             |m| m.http_requests.load(Ordering::Relaxed),
+        ),
+        (
+            "switchyard_instances_reused_total",
+            "counter",
+            "Invocations that ran in a reused instance (routes with `instances.reuse`) instead of a fresh one.",
+            |m| m.instances_reused.load(Ordering::Relaxed),
         ),
     ];
     for (name, kind, help, get) in counters {

@@ -1,7 +1,8 @@
 //! The broker benchmark behind `switchyard bench brokers`: N product-change
 //! messages moved from a broker into Redis, through the host running the
-//! `cache-update` handler and through a native Rust consumer that does the
-//! same work by hand, side by side in one run, for NATS JetStream and RabbitMQ.
+//! `cache-update` handler (a fresh instance per message, then with bounded
+//! instance reuse) and through a native Rust consumer that does the same
+//! work by hand, side by side in one run, for NATS JetStream and RabbitMQ.
 //!
 //! Both sides start from a fresh stream or queue pre-loaded with the same N
 //! messages, use the same crates (async-nats, lapin, redis), the same pull
@@ -84,16 +85,19 @@ pub struct BrokerReport {
     pub broker: &'static str,
     /// Messages per side.
     pub messages: usize,
-    /// The host with the `cache-update` handler.
+    /// The host with the `cache-update` handler, a fresh instance per message.
     pub switchyard: Side,
+    /// The same with bounded instance reuse on the route.
+    pub reused: Side,
     /// The hand-written consumer.
     pub native: Side,
 }
 
 impl BrokerReport {
-    /// Switchyard's rate over the native consumer's.
-    pub fn ratio(&self) -> f64 {
-        self.switchyard.rate / self.native.rate.max(f64::MIN_POSITIVE)
+    /// Switchyard's rate over the native consumer's, fresh and with reuse.
+    pub fn ratios(&self) -> (f64, f64) {
+        let native = self.native.rate.max(f64::MIN_POSITIVE);
+        (self.switchyard.rate / native, self.reused.rate / native)
     }
 }
 
@@ -378,14 +382,16 @@ fn host_config(
     prefix: &str,
     plugin: &Path,
     concurrency: usize,
+    reuse: Option<u32>,
 ) -> Result<switchyard::Config, BrokersBenchError> {
+    let instances = reuse.map(|n| format!("instances = {{ reuse = {n} }}\n")).unwrap_or_default();
     let text = format!(
         "data_dir = \".\"\n\
          [sources.bench]\n{source}\n\
          [backends.cache]\ntype = \"redis\"\nurl = {redis_url:?}\nkey_prefix = {prefix:?}\ntimeout_ms = 10000\n\
          [tenants.shop.grants]\ncache_prefixes = [\"product:\"]\n\
          [tenants.shop.handlers.cache-update]\nwasm = {:?}\n\
-         [[routes]]\nsource = \"bench\"\ntopic = \"*\"\ntenant = \"shop\"\nhandler = \"cache-update\"\nconcurrency = {concurrency}\n",
+         [[routes]]\nsource = \"bench\"\ntopic = \"*\"\ntenant = \"shop\"\nhandler = \"cache-update\"\nconcurrency = {concurrency}\n{instances}",
         plugin.display().to_string()
     );
     let path = dir.join("switchyard.toml");
@@ -430,26 +436,29 @@ async fn jetstream_pair(
     let stream = |side: &str| format!("BENCH_BROKERS_{tag}_{side}").to_uppercase();
     let prefix = |side: &str| format!("bench-brokers:{tag}:jetstream:{side}:");
 
-    // The host.
-    let (sy_stream, sy_prefix) = (stream("switchyard"), prefix("switchyard"));
-    let result = async {
-        preload_jetstream(&js, &sy_stream, payloads).await?;
-        let dir = temp_dir()?;
-        let source = format!(
-            "type = \"jetstream\"\nurl = {url:?}\nstream = {sy_stream:?}\nsubjects = [\"{sy_stream}.>\"]\nconsumer = \"switchyard\""
-        );
-        let config = host_config(dir.path(), &source, &redis.url, &sy_prefix, plugin, options.concurrency)?;
-        let elapsed = run_host(&config, NATS, n).await?;
-        jetstream_drained(&js, &sy_stream, "switchyard", "switchyard").await?;
-        let found = verify(redis, NATS, "switchyard", &sy_prefix, payloads).await?;
-        Ok::<_, BrokersBenchError>(side(n, elapsed, found))
+    // The host, fresh instances and then reused ones.
+    let mut hosts = Vec::new();
+    for (label, reuse) in [("switchyard", None), ("reused", Some(super::dispatch::REUSE))] {
+        let (sy_stream, sy_prefix) = (stream(label), prefix(label));
+        let result = async {
+            preload_jetstream(&js, &sy_stream, payloads).await?;
+            let dir = temp_dir()?;
+            let source = format!(
+                "type = \"jetstream\"\nurl = {url:?}\nstream = {sy_stream:?}\nsubjects = [\"{sy_stream}.>\"]\nconsumer = \"switchyard\""
+            );
+            let config = host_config(dir.path(), &source, &redis.url, &sy_prefix, plugin, options.concurrency, reuse)?;
+            let elapsed = run_host(&config, NATS, n).await?;
+            jetstream_drained(&js, &sy_stream, "switchyard", "switchyard").await?;
+            let found = verify(redis, NATS, "switchyard", &sy_prefix, payloads).await?;
+            Ok::<_, BrokersBenchError>(side(n, elapsed, found))
+        }
+        .await;
+        for name in [sy_stream.clone(), format!("{sy_stream}-dead-letter")] {
+            let _ = js.delete_stream(&name).await;
+        }
+        redis.remove(&sy_prefix, n).await;
+        hosts.push(result?);
     }
-    .await;
-    for name in [sy_stream.clone(), format!("{sy_stream}-dead-letter")] {
-        let _ = js.delete_stream(&name).await;
-    }
-    redis.remove(&sy_prefix, n).await;
-    let switchyard = result?;
 
     // The native consumer.
     let (nv_stream, nv_prefix) = (stream("native"), prefix("native"));
@@ -464,7 +473,7 @@ async fn jetstream_pair(
     let _ = js.delete_stream(&nv_stream).await;
     redis.remove(&nv_prefix, n).await;
     let native = result?;
-    Ok(BrokerReport { broker: NATS, messages: n, switchyard, native })
+    Ok(BrokerReport { broker: NATS, messages: n, switchyard: hosts[0], reused: hosts[1], native })
 }
 
 async fn preload_jetstream(
@@ -654,23 +663,26 @@ async fn amqp_pair(
         let _ = channel.queue_delete(queue.into(), QueueDeleteOptions::default()).await;
     };
 
-    // The host.
-    let (sy_queue, sy_prefix) = (queue("switchyard"), prefix("switchyard"));
-    let result = async {
-        preload_amqp(&channel, &sy_queue, payloads).await?;
-        let dir = temp_dir()?;
-        let source = format!("type = \"amqp\"\nurl = {url:?}\nqueues = [{sy_queue:?}]");
-        let config = host_config(dir.path(), &source, &redis.url, &sy_prefix, plugin, options.concurrency)?;
-        let elapsed = run_host(&config, AMQP, n).await?;
-        amqp_drained(&channel, &sy_queue, "switchyard").await?;
-        let found = verify(redis, AMQP, "switchyard", &sy_prefix, payloads).await?;
-        Ok::<_, BrokersBenchError>(side(n, elapsed, found))
+    // The host, fresh instances and then reused ones.
+    let mut hosts = Vec::new();
+    for (label, reuse) in [("switchyard", None), ("reused", Some(super::dispatch::REUSE))] {
+        let (sy_queue, sy_prefix) = (queue(label), prefix(label));
+        let result = async {
+            preload_amqp(&channel, &sy_queue, payloads).await?;
+            let dir = temp_dir()?;
+            let source = format!("type = \"amqp\"\nurl = {url:?}\nqueues = [{sy_queue:?}]");
+            let config = host_config(dir.path(), &source, &redis.url, &sy_prefix, plugin, options.concurrency, reuse)?;
+            let elapsed = run_host(&config, AMQP, n).await?;
+            amqp_drained(&channel, &sy_queue, "switchyard").await?;
+            let found = verify(redis, AMQP, "switchyard", &sy_prefix, payloads).await?;
+            Ok::<_, BrokersBenchError>(side(n, elapsed, found))
+        }
+        .await;
+        delete(&sy_queue).await;
+        delete(&AmqpConfig::dead_letter_queue(&sy_queue)).await;
+        redis.remove(&sy_prefix, n).await;
+        hosts.push(result?);
     }
-    .await;
-    delete(&sy_queue).await;
-    delete(&AmqpConfig::dead_letter_queue(&sy_queue)).await;
-    redis.remove(&sy_prefix, n).await;
-    let switchyard = result?;
 
     // The native consumer.
     let (nv_queue, nv_prefix) = (queue("native"), prefix("native"));
@@ -686,7 +698,7 @@ async fn amqp_pair(
     redis.remove(&nv_prefix, n).await;
     let native = result?;
     let _ = connection.close(200, "benchmark done".into()).await;
-    Ok(BrokerReport { broker: AMQP, messages: n, switchyard, native })
+    Ok(BrokerReport { broker: AMQP, messages: n, switchyard: hosts[0], reused: hosts[1], native })
 }
 
 /// A fresh durable queue, declared as the `amqp` source declares its queues,

@@ -94,6 +94,7 @@ pub async fn density(plugin: &Path, tenants: usize, distinct: usize) -> Result<D
             handler: slot.handler.clone(),
             record_effects: false,
             variables: Default::default(),
+            pool: None,
         };
         let outcome = runtime.invoke(&slot.live().plugin, &msg, &ctx).await.outcome;
         if outcome != Outcome::Ok {

@@ -3,7 +3,8 @@
 //! function doing the same work, in one run.
 //!
 //! It also splits the WebAssembly cost into its phases (store, instantiate,
-//! call and drop), which is where dispatch overhead is won or lost.
+//! call and drop), which is where dispatch overhead is won or lost, and
+//! measures the same handler with bounded instance reuse.
 
 use std::path::Path;
 use std::sync::Arc;
@@ -12,10 +13,11 @@ use std::time::Instant;
 use switchyard::capabilities::backends::http::PooledHttp;
 use switchyard::capabilities::backends::memory::MemoryCache;
 use switchyard::capabilities::context::{Backends, Capabilities};
-use switchyard::config::Limits;
+use switchyard::config::{Instances, Limits};
 use switchyard::contract::Message;
 use switchyard::contract::bindings::HandlerError;
 use switchyard::contract::cache::CacheBackend;
+use switchyard::runtime::pool::InstancePool;
 use switchyard::runtime::{InvokeContext, Outcome, Runtime, RuntimeOptions};
 
 use super::support::{BenchError, Unused, message, per_message};
@@ -35,6 +37,18 @@ pub struct DispatchReport {
     pub instantiate_ns: f64,
     /// Messages per second through the full path with one task per core.
     pub parallel_rate: f64,
+    /// The path with bounded instance reuse (`instances.reuse` of
+    /// [`REUSE`]): a fresh instance only every [`REUSE`] messages.
+    pub reused_ns: f64,
+}
+
+/// Messages per instance in the reuse measurements.
+pub const REUSE: u32 = 128;
+
+/// `ctx` with a pool of instances reused up to [`REUSE`] times.
+pub fn with_reuse(ctx: &InvokeContext) -> InvokeContext {
+    let instances = Instances { reuse: REUSE, idle_ms: 60_000, max_memory_mib: None };
+    InvokeContext { pool: Some(Arc::new(InstancePool::new(&instances, &ctx.limits, 1))), ..ctx.clone() }
 }
 
 /// The native counterpart of the `noop` handler.
@@ -58,6 +72,7 @@ pub async fn dispatch(plugin: &Path, messages: u32) -> Result<DispatchReport, Be
         handler: "noop".into(),
         record_effects: false,
         variables: Default::default(),
+        pool: None,
     };
     let msg = message();
     let outcome = runtime.invoke(&plugin, &msg, &ctx).await.outcome;
@@ -81,6 +96,16 @@ pub async fn dispatch(plugin: &Path, messages: u32) -> Result<DispatchReport, Be
         let _ = std::hint::black_box(runtime.invoke(&plugin, &msg, &ctx).await);
     }
     let wasm_ns = per_message(start.elapsed(), messages);
+
+    let reusing = with_reuse(&ctx);
+    for _ in 0..1000 {
+        let _ = runtime.invoke(&plugin, &msg, &reusing).await;
+    }
+    let start = Instant::now();
+    for _ in 0..messages {
+        let _ = std::hint::black_box(runtime.invoke(&plugin, &msg, &reusing).await);
+    }
+    let reused_ns = per_message(start.elapsed(), messages);
 
     let start = Instant::now();
     for _ in 0..messages {
@@ -112,5 +137,5 @@ pub async fn dispatch(plugin: &Path, messages: u32) -> Result<DispatchReport, Be
     }
     let parallel_rate = f64::from(per_worker * workers) / start.elapsed().as_secs_f64();
 
-    Ok(DispatchReport { messages, native_ns, wasm_ns, store_ns, instantiate_ns, parallel_rate })
+    Ok(DispatchReport { messages, native_ns, wasm_ns, store_ns, instantiate_ns, parallel_rate, reused_ns })
 }

@@ -1,5 +1,6 @@
 //! `switchyard bench dispatch --languages`: the cache-update handler in each
-//! language side by side: load times, per-message cost, page faults.
+//! language side by side: load times, per-message cost fresh and with
+//! instance reuse, page faults.
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -29,6 +30,8 @@ pub struct LanguageReport {
     pub per_message_ns: f64,
     /// Of that, store plus instantiation (and the slot reset on drop).
     pub instantiate_ns: f64,
+    /// Per message with bounded instance reuse (see [`super::dispatch::REUSE`]).
+    pub reused_ns: f64,
     /// Minor page faults per message on the full path (Linux; 0 elsewhere).
     pub faults_per_message: f64,
 }
@@ -71,6 +74,7 @@ pub async fn languages(
             handler: label.as_str().into(),
             record_effects: false,
             variables: Default::default(),
+            pool: None,
         };
         let outcome = runtime.invoke(&plugin, &msg, &ctx).await.outcome;
         if outcome != Outcome::Ok {
@@ -92,6 +96,13 @@ pub async fn languages(
             let _ = runtime.instantiate_only(&plugin, &ctx).await;
         }
         let instantiate_ns = per_message(start.elapsed(), messages);
+
+        let reusing = super::dispatch::with_reuse(&ctx);
+        let start = Instant::now();
+        for _ in 0..messages {
+            let _ = std::hint::black_box(runtime.invoke(&plugin, &msg, &reusing).await);
+        }
+        let reused_ns = per_message(start.elapsed(), messages);
         reports.push(LanguageReport {
             label: label.clone(),
             bytes,
@@ -99,6 +110,7 @@ pub async fn languages(
             cached_load,
             per_message_ns,
             instantiate_ns,
+            reused_ns,
             faults_per_message,
         });
     }

@@ -140,6 +140,12 @@ pub async fn run(what: BenchWhat) -> anyhow::Result<std::process::ExitCode> {
             println!("    of which instantiate        {:>10.1} ns/msg", r.instantiate_ns - r.store_ns);
             println!("    of which call and limits    {:>10.1} ns/msg", r.wasm_ns - r.instantiate_ns);
             println!("  switchyard, all cores         {:>10.0} msg/s", r.parallel_rate);
+            println!(
+                "  switchyard, reuse {:<4}        {:>10.1} ns/msg   ratio {:.2} of fresh",
+                dispatch::REUSE,
+                r.reused_ns,
+                r.reused_ns / r.wasm_ns.max(0.001)
+            );
             if languages {
                 bench_languages(language_messages).await?;
             }
@@ -178,24 +184,27 @@ pub async fn run(what: BenchWhat) -> anyhow::Result<std::process::ExitCode> {
             println!(
                 "brokers benchmark: {messages} messages of about {payload_bytes} bytes per side, broker -> Redis SET -> ack, {concurrency} in flight"
             );
-            println!("  {:<16} {:>16} {:>16} {:>18}", "broker", "switchyard", "native Rust", "switchyard/native");
+            println!(
+                "  {:<16} {:>16} {:>16} {:>16} {:>14} {:>14}",
+                "broker", "switchyard", "with reuse", "native Rust", "fresh/native", "reuse/native"
+            );
             for r in &reports {
+                let (fresh, reused) = r.ratios();
                 println!(
-                    "  {:<16} {:>10.0} msg/s {:>10.0} msg/s {:>18.2}",
-                    r.broker,
-                    r.switchyard.rate,
-                    r.native.rate,
-                    r.ratio()
+                    "  {:<16} {:>10.0} msg/s {:>10.0} msg/s {:>10.0} msg/s {:>14.2} {:>14.2}",
+                    r.broker, r.switchyard.rate, r.reused.rate, r.native.rate, fresh, reused
                 );
             }
             for r in &reports {
                 println!(
-                    "  {}: {} messages; switchyard {:.2} s, native {:.2} s; {} and {} keys checked in Redis",
+                    "  {}: {} messages; switchyard {:.2} s, with reuse {:.2} s, native {:.2} s; {}, {} and {} keys checked in Redis",
                     r.broker,
                     r.messages,
                     r.switchyard.elapsed.as_secs_f64(),
+                    r.reused.elapsed.as_secs_f64(),
                     r.native.elapsed.as_secs_f64(),
                     r.switchyard.keys_found,
+                    r.reused.keys_found,
                     r.native.keys_found
                 );
             }
@@ -239,14 +248,25 @@ async fn bench_languages(messages: u32) -> anyhow::Result<()> {
     let reports = languages::languages(&handlers, messages).await?;
     let rust = reports.first().map(|r| r.per_message_ns).unwrap_or(1.0).max(0.001);
     println!();
-    println!("cache-update in each language: {messages} messages each, fresh instance per message");
     println!(
-        "  {:<11} {:>9} {:>12} {:>12} {:>12} {:>16} {:>9} {:>13}",
-        "language", "size", "first load", "cached load", "per message", "of which inst.", "vs rust", "faults/msg"
+        "cache-update in each language: {messages} messages each, fresh instance per message, then reused up to {} times",
+        dispatch::REUSE
+    );
+    println!(
+        "  {:<11} {:>9} {:>12} {:>12} {:>12} {:>16} {:>9} {:>13} {:>12}",
+        "language",
+        "size",
+        "first load",
+        "cached load",
+        "per message",
+        "of which inst.",
+        "vs rust",
+        "faults/msg",
+        "reused"
     );
     for r in &reports {
         println!(
-            "  {:<11} {:>7.1}MB {:>10.0}ms {:>10.1}ms {:>10.1}µs {:>14.1}µs {:>8.1}x {:>13.1}",
+            "  {:<11} {:>7.1}MB {:>10.0}ms {:>10.1}ms {:>10.1}µs {:>14.1}µs {:>8.1}x {:>13.1} {:>10.1}µs",
             r.label,
             r.bytes as f64 / 1e6,
             r.first_load.as_secs_f64() * 1e3,
@@ -254,7 +274,8 @@ async fn bench_languages(messages: u32) -> anyhow::Result<()> {
             r.per_message_ns / 1e3,
             r.instantiate_ns / 1e3,
             r.per_message_ns / rust,
-            r.faults_per_message
+            r.faults_per_message,
+            r.reused_ns / 1e3
         );
     }
     Ok(())

@@ -39,6 +39,9 @@ pub fn memory_mib() -> u64 {
 pub fn timeout_ms() -> u64 {
     5_000
 }
+pub fn idle_ms() -> u64 {
+    1000
+}
 pub fn concurrency() -> usize {
     16
 }

@@ -20,7 +20,7 @@ use schemars::JsonSchema;
 use serde::Deserialize;
 
 pub use backends::{BackendsConfig, CacheBackendConfig, DbBackendConfig, SearchBackendConfig, SqlServerConfig};
-pub use routes::RouteConfig;
+pub use routes::{Instances, RouteConfig};
 pub use sources::{
     AmqpBinding, AmqpConfig, AmqpExchange, AmqpQueueMode, FileConfig, HttpConfig, JetStreamConfig, KafkaConfig,
     NatsConfig, RedisStreamsConfig, RocketMqConfig, SourceConfig, StartFrom,
@@ -235,6 +235,22 @@ impl Config {
             }
             if let Some(limits) = &route.limits {
                 check_limits(field("limits"), limits)?;
+            }
+            if let Some(instances) = &route.instances {
+                if instances.reuse == 0 {
+                    return Err(invalid(field("instances.reuse"), "must be at least 1".into()));
+                }
+                if instances.idle_ms == 0 {
+                    return Err(invalid(field("instances.idle_ms"), "must be at least 1".into()));
+                }
+                let handler_limits = tenant.handlers.get(&route.handler).map(|h| h.limits).unwrap_or_default();
+                let memory = route.limits.unwrap_or(handler_limits).memory_mib;
+                if instances.max_memory_mib.is_some_and(|m| m == 0 || m > memory) {
+                    return Err(invalid(
+                        field("instances.max_memory_mib"),
+                        format!("must be between 1 and the route's memory limit of {memory} MiB"),
+                    ));
+                }
             }
             if route.transactional && matches!(self.backends.db, DbBackendConfig::Sqlite { .. }) {
                 return Err(invalid(

@@ -56,4 +56,33 @@ pub struct RouteConfig {
     /// (default false).
     #[serde(default)]
     pub transactional: bool,
+    /// Opt in to bounded instance reuse: one instance serves up to `reuse`
+    /// messages of this route, one at a time, instead of a fresh instance per
+    /// message. A handler may then see globals an earlier message left; it
+    /// must not rely on them. Example: `instances = { reuse = 128 }` (unset:
+    /// a fresh instance per message).
+    #[serde(default)]
+    pub instances: Option<Instances>,
+}
+
+/// Bounded instance reuse on a route. An instance is retired, never to serve
+/// again, after `reuse` messages, after `idle_ms` without one, once its
+/// linear memory has grown past `max_memory_mib`, and after any message that
+/// did not return ok (a trap, a timeout, a memory or fuel overrun, a retry or
+/// a reject).
+#[derive(Debug, Clone, Copy, Deserialize, PartialEq, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct Instances {
+    /// Messages one instance serves before it is retired; 1 means a fresh
+    /// instance per message. Example: `reuse = 128`.
+    pub reuse: u32,
+    /// Milliseconds an instance may wait for its next message before it is
+    /// retired. Example: `idle_ms = 1000` (the default).
+    #[serde(default = "defaults::idle_ms")]
+    pub idle_ms: u64,
+    /// The memory high-water mark, in MiB: an instance whose linear memory
+    /// has grown past it is retired after its message. Unset: half the
+    /// route's memory limit. Example: `max_memory_mib = 32`.
+    #[serde(default)]
+    pub max_memory_mib: Option<u64>,
 }

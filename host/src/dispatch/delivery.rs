@@ -115,6 +115,7 @@ pub(super) async fn process(
                     }
                     metrics.log_lines_dropped.fetch_add(invocation.log_lines_dropped, Ordering::Relaxed);
                     metrics.http_requests.fetch_add(invocation.http_requests, Ordering::Relaxed);
+                    metrics.instances_reused.fetch_add(u64::from(invocation.reused), Ordering::Relaxed);
                     version.served();
                     invocation
                 };

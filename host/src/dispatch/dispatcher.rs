@@ -103,6 +103,20 @@ impl Dispatcher {
         let (tx, rx) = mpsc::channel(SOURCE_QUEUE);
         let local_task = tokio::spawn(Box::new(local).run(tx, local_stop.clone()));
         let local_consumer = tokio::spawn(consume(shared.clone(), routes.clone(), LOCAL.into(), rx, false));
+        // Idle instances are retired on time even when no message comes to
+        // take them, until the dispatcher returns.
+        let sweeping = CancellationToken::new();
+        let _stop_sweeping = sweeping.clone().drop_guard();
+        for pool in routes.iter().filter_map(|r| r.invoke.pool.clone()) {
+            let stop = sweeping.clone();
+            tokio::spawn(async move {
+                let mut every = tokio::time::interval(pool.sweep_interval());
+                every.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+                while tokio::select! { _ = every.tick() => true, _ = stop.cancelled() => false } {
+                    pool.sweep();
+                }
+            });
+        }
         ready.store(true, Ordering::Relaxed);
 
         // Until the sources end by themselves, or shutdown.

@@ -10,6 +10,7 @@ use wasmtime::component::Linker;
 use wasmtime::{Config, Engine, InstanceAllocationStrategy, PoolingAllocationConfig, Store, Trap, UpdateDeadline};
 
 use super::plugin::{self, LoadError, Plugin};
+use super::pool::{InstancePool, PoolKey};
 use super::state::HostState;
 use crate::capabilities::context::{Capabilities, CapabilityCtx, Effect, LogContext};
 use crate::config::Limits;
@@ -127,6 +128,8 @@ pub struct Invocation {
     pub log_lines_dropped: u64,
     /// HTTP requests sent, redirects included.
     pub http_requests: u64,
+    /// Whether it ran in a reused instance rather than a fresh one.
+    pub reused: bool,
     /// The invocation's open SQL transaction on a transactional route, for
     /// the dispatcher to commit, or to drop (rolling it back).
     pub transaction: Option<Box<dyn DbTransaction>>,
@@ -141,6 +144,7 @@ impl std::fmt::Debug for Invocation {
             .field("effects", &self.effects)
             .field("elapsed", &self.elapsed)
             .field("fuel_used", &self.fuel_used)
+            .field("reused", &self.reused)
             .field("transaction", &self.transaction.is_some())
             .finish()
     }
@@ -161,6 +165,9 @@ pub struct InvokeContext {
     pub record_effects: bool,
     /// The handler's configuration variables, which it reads through `config.get`.
     pub variables: Arc<BTreeMap<String, String>>,
+    /// The route's idle instances, when it reuses them; `None` runs every
+    /// message in a fresh instance.
+    pub pool: Option<Arc<InstancePool>>,
 }
 
 /// The engine, the linker with every host function, and the ticker that
@@ -260,8 +267,8 @@ impl Runtime {
         std::hint::black_box(instance).map(drop).map_err(|e| Failure::Instantiate(format!("{e:#}")))
     }
 
-    /// Run `plugin` on `message` in a fresh instance, within `ctx.limits`.
-    /// Never fails: every way the handler can end is an [`Outcome`].
+    /// Run `plugin` on `message` within `ctx.limits`: in a fresh instance,
+    /// or in an idle one of `ctx.pool` for the same key. Never fails: every way the handler can end is an [`Outcome`].
     pub async fn invoke(&self, plugin: &Plugin, message: &Message, ctx: &InvokeContext) -> Invocation {
         self.invoke_in(plugin, message, ctx, None).await
     }
@@ -287,7 +294,25 @@ impl Runtime {
         caps.variables = ctx.variables.clone();
         let deadline = started + Duration::from_millis(limits.timeout_ms);
         caps.deadline = Some(deadline);
-        let mut store = self.store(ctx, caps);
+        let key = ctx.pool.as_ref().map(|_| PoolKey {
+            tenant: ctx.tenant.clone(),
+            digest: plugin.digest.clone(),
+            caps: ctx.caps.clone(),
+            limits,
+        });
+        let pooled = ctx.pool.as_ref().zip(key.as_ref()).and_then(|(pool, key)| pool.take(key));
+        let reused = pooled.is_some();
+        let (mut store, instance, served) = match pooled {
+            Some(pooled) => {
+                let mut store = pooled.store;
+                // The message's own state: nothing of the last one's remains.
+                let state = store.data_mut();
+                state.caps = caps;
+                state.memory_exceeded = false;
+                (store, Some(pooled.handler), pooled.served)
+            }
+            None => (self.store(ctx, caps), None, 0),
+        };
         // Every tick, a handler still running in WebAssembly either hits its
         // deadline or steps aside: it sleeps for LONG_RUNNING_PAUSE ticks
         // before its next tick of CPU. Handlers that finish within a tick are
@@ -318,22 +343,35 @@ impl Runtime {
         }
 
         let run = async {
-            let handler = plugin.pre.instantiate_async(&mut store).await.map_err(Err)?;
-            handler.call_handle(&mut store, message).await.map_err(Ok)
+            let handler = match instance {
+                Some(handler) => handler,
+                None => plugin.pre.instantiate_async(&mut store).await.map_err(Err)?,
+            };
+            let result = handler.call_handle(&mut store, message).await.map_err(Ok)?;
+            Ok::<_, Result<wasmtime::Error, wasmtime::Error>>((handler, result))
         };
         let result = tokio::time::timeout(Duration::from_millis(limits.timeout_ms), run).await;
-        let outcome = match result {
-            Err(_elapsed) => Outcome::Failed(Failure::Timeout(limits.timeout_ms)),
-            Ok(Ok(Ok(()))) => Outcome::Ok,
-            Ok(Ok(Err(HandlerError::Retry(r)))) => {
-                Outcome::Retry { delay: Duration::from_millis(r.delay_ms), reason: r.reason }
+        let (outcome, handler) = match result {
+            Err(_elapsed) => (Outcome::Failed(Failure::Timeout(limits.timeout_ms)), None),
+            Ok(Ok((handler, Ok(())))) => (Outcome::Ok, Some(handler)),
+            Ok(Ok((_, Err(HandlerError::Retry(r))))) => {
+                (Outcome::Retry { delay: Duration::from_millis(r.delay_ms), reason: r.reason }, None)
             }
-            Ok(Ok(Err(HandlerError::Reject(reason)))) => Outcome::Reject(reason),
-            Ok(Err(Err(e))) => Outcome::Failed(Failure::Instantiate(format!("{e:#}"))),
-            Ok(Err(Ok(e))) => Outcome::Failed(classify(&e, store.data(), &limits)),
+            Ok(Ok((_, Err(HandlerError::Reject(reason))))) => (Outcome::Reject(reason), None),
+            Ok(Err(Err(e))) => (Outcome::Failed(Failure::Instantiate(format!("{e:#}"))), None),
+            Ok(Err(Ok(e))) => (Outcome::Failed(classify(&e, store.data(), &limits)), None),
         };
         let fuel_used = if self.fuel { store.get_fuel().ok().map(|left| fuel - left) } else { None };
-        let caps = store.into_data().caps;
+        let caps = match (&ctx.pool, key, handler) {
+            // Only an instance whose message returned ok may serve again.
+            (Some(pool), Some(key), Some(handler)) => {
+                let idle = CapabilityCtx::new(ctx.caps.clone(), None, LogContext::default());
+                let caps = std::mem::replace(&mut store.data_mut().caps, idle);
+                pool.give_back(InstancePool::pooled(key, store, handler, served + 1));
+                caps
+            }
+            _ => store.into_data().caps,
+        };
         let ok = outcome == Outcome::Ok;
         Invocation {
             outcome,
@@ -344,6 +382,7 @@ impl Runtime {
             fuel_used,
             log_lines_dropped: caps.log_lines_dropped,
             http_requests: caps.http_requests as u64,
+            reused,
             transaction: caps.transaction,
         }
     }

@@ -25,6 +25,8 @@ pub struct HandlerMetrics {
     pub log_lines_dropped: AtomicU64,
     /// HTTP requests sent, redirects included.
     pub http_requests: AtomicU64,
+    /// Invocations that ran in a reused instance rather than a fresh one.
+    pub instances_reused: AtomicU64,
     /// Invocation time, summed, in nanoseconds.
     time_ns: AtomicU64,
     /// Invocations, per latency bucket (the last is +Inf).

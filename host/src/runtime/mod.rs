@@ -1,10 +1,12 @@
 //! The WebAssembly runtime: one engine on the pooling allocator, handler
 //! loading with a compiled-code cache, the registry of versions with hot
-//! swap, and the invocation of one handler on one message within its limits.
+//! swap, the invocation of one handler on one message within its limits, and
+//! the pools of routes that reuse instances.
 
 pub mod engine;
 pub mod metrics;
 pub mod plugin;
+pub mod pool;
 pub mod registry;
 pub mod state;
 

@@ -1,4 +1,4 @@
-//! What one invocation's `Store` carries: a WASI context with no ambient
+//! What an instance's `Store` carries: a WASI context with no ambient
 //! authority, the resource limiter, and the capability context, which also
 //! holds what the handler asked to publish.
 
@@ -8,7 +8,8 @@ use wasmtime_wasi::{WasiCtx, WasiCtxView, WasiView};
 
 use crate::capabilities::context::CapabilityCtx;
 
-/// The data of one invocation's store. Nothing in it outlives the message.
+/// The data of one instance's store. The capability context is the
+/// message's own: a reused instance gets a new one for each message.
 pub struct HostState {
     wasi: WasiCtx,
     table: ResourceTable,
@@ -17,6 +18,9 @@ pub struct HostState {
     /// Set when the limiter refused a memory growth, so a resulting trap is
     /// reported as the memory limit rather than a generic trap.
     pub(crate) memory_exceeded: bool,
+    /// The instance's linear memory, in bytes, summed over its memories: the
+    /// high-water mark of a reused instance is checked against it.
+    pub(crate) memory_bytes: usize,
     /// What the handler's capability calls run against, and what they left.
     pub caps: CapabilityCtx,
 }
@@ -34,6 +38,7 @@ impl HostState {
             table: ResourceTable::new(),
             memory_limit,
             memory_exceeded: false,
+            memory_bytes: 0,
             caps,
         }
     }
@@ -46,11 +51,14 @@ impl WasiView for HostState {
 }
 
 impl ResourceLimiter for HostState {
-    fn memory_growing(&mut self, _current: usize, desired: usize, _maximum: Option<usize>) -> wasmtime::Result<bool> {
+    fn memory_growing(&mut self, current: usize, desired: usize, _maximum: Option<usize>) -> wasmtime::Result<bool> {
         if desired > self.memory_limit {
             self.memory_exceeded = true;
             return Ok(false);
         }
+        // Called with `current` 0 when a memory is created, so this sums
+        // every memory's size.
+        self.memory_bytes = self.memory_bytes.saturating_add(desired.saturating_sub(current));
         Ok(true)
     }
 

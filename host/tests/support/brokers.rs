@@ -52,6 +52,39 @@ pub trait Broker {
     fn counts_deliveries(&self) -> bool {
         true
     }
+    /// Messages per instance on the route (`instances.reuse`); `None` runs
+    /// the suite with a fresh instance per message.
+    fn reuse(&self) -> Option<u32> {
+        None
+    }
+}
+
+/// A broker under the suite with bounded instance reuse on its route:
+/// settlement, retries, order, crashes and restarts must be the same.
+pub struct Reusing<B>(pub B);
+
+impl<B: Broker> Broker for Reusing<B> {
+    fn source(&self) -> String {
+        self.0.source()
+    }
+    fn topic(&self) -> String {
+        self.0.topic()
+    }
+    fn publish(&self, key: Option<&str>, payload: &[u8]) -> impl Future<Output = ()> {
+        self.0.publish(key, payload)
+    }
+    fn dead_letters(&self) -> impl Future<Output = Vec<DeadLetter>> {
+        self.0.dead_letters()
+    }
+    fn backlog(&self) -> impl Future<Output = Option<u64>> {
+        self.0.backlog()
+    }
+    fn counts_deliveries(&self) -> bool {
+        self.0.counts_deliveries()
+    }
+    fn reuse(&self) -> Option<u32> {
+        Some(16)
+    }
 }
 
 /// A route and handler for a host config.
@@ -60,12 +93,19 @@ pub struct Setup<'a> {
     pub concurrency: usize,
     pub max_attempts: u32,
     pub retry_base_ms: u64,
+    /// `instances.reuse` on the route, if any.
+    pub reuse: Option<u32>,
 }
 
 impl Default for Setup<'_> {
     fn default() -> Self {
-        Self { plugin: "record", concurrency: 8, max_attempts: 5, retry_base_ms: 50 }
+        Self { plugin: "record", concurrency: 8, max_attempts: 5, retry_base_ms: 50, reuse: None }
     }
+}
+
+/// Write a host config for `broker`'s source into `dir`, with its reuse setting.
+fn broker_config<B: Broker>(dir: &Path, broker: &B, setup: Setup) {
+    write_config(dir, &broker.source(), &broker.topic(), &Setup { reuse: broker.reuse(), ..setup });
 }
 
 /// Write a host config for `source` into `dir`.
@@ -98,11 +138,13 @@ concurrency = {concurrency}
 max_attempts = {max_attempts}
 retry_base_ms = {retry_base_ms}
 retry_max_ms = 10000
+{instances}
 "#,
         wasm = plugin(setup.plugin).display(),
         concurrency = setup.concurrency,
         max_attempts = setup.max_attempts,
         retry_base_ms = setup.retry_base_ms,
+        instances = setup.reuse.map(|n| format!("instances = {{ reuse = {n} }}")).unwrap_or_default(),
     );
     std::fs::write(dir.join("switchyard.toml"), config).unwrap();
 }
@@ -181,7 +223,7 @@ pub async fn publish_many<B: Broker>(broker: &B, from: i64, n: i64, keys: i64, e
 /// Ack: every message is handled once, the host exits 0 on SIGTERM, and the
 /// broker holds nothing afterwards.
 pub async fn ack<B: Broker>(broker: &B, dir: &Path) {
-    write_config(dir, &broker.source(), &broker.topic(), &Setup::default());
+    broker_config(dir, broker, Setup::default());
     let mut host = HostProcess::start(dir);
     host.wait_ready().await;
     publish_many(broker, 0, 20, 5, "").await;
@@ -200,7 +242,7 @@ pub async fn ack<B: Broker>(broker: &B, dir: &Path) {
 /// Retry with a delay: the second attempt starts no sooner than the delay
 /// the handler asked for, and then the message is acked.
 pub async fn retry_after_delay<B: Broker>(broker: &B, dir: &Path) {
-    write_config(dir, &broker.source(), &broker.topic(), &Setup::default());
+    broker_config(dir, broker, Setup::default());
     let mut host = HostProcess::start(dir);
     host.wait_ready().await;
     broker.publish(None, &payload(1, r#", "mode": "retry", "succeed_on": 3, "delay_ms": 1200"#)).await;
@@ -224,7 +266,7 @@ pub async fn retry_after_delay<B: Broker>(broker: &B, dir: &Path) {
 /// Reject: the message goes to the dead-letter destination at once, with
 /// the reason, tenant, handler and attempt headers.
 pub async fn reject_goes_to_dead_letter<B: Broker>(broker: &B, dir: &Path) {
-    write_config(dir, &broker.source(), &broker.topic(), &Setup { plugin: "faults", ..Setup::default() });
+    broker_config(dir, broker, Setup { plugin: "faults", ..Setup::default() });
     let mut host = HostProcess::start(dir);
     host.wait_ready().await;
     broker.publish(Some("k"), br#"{"mode": "reject"}"#).await;
@@ -249,7 +291,7 @@ pub async fn reject_goes_to_dead_letter<B: Broker>(broker: &B, dir: &Path) {
 /// A trap is retried, and after `max_attempts` dead-lettered with the reason.
 pub async fn trap_retried_then_dead_lettered<B: Broker>(broker: &B, dir: &Path) {
     let setup = Setup { plugin: "faults", max_attempts: 3, retry_base_ms: 100, ..Setup::default() };
-    write_config(dir, &broker.source(), &broker.topic(), &setup);
+    broker_config(dir, broker, setup);
     let mut host = HostProcess::start(dir);
     host.wait_ready().await;
     broker.publish(None, br#"{"mode": "trap"}"#).await;
@@ -274,7 +316,7 @@ pub async fn trap_retried_then_dead_lettered<B: Broker>(broker: &B, dir: &Path) 
 /// Per-key order: messages with one key are handled one at a time in the
 /// order sent, while messages with different keys overlap.
 pub async fn order_per_key<B: Broker>(broker: &B, dir: &Path) {
-    write_config(dir, &broker.source(), &broker.topic(), &Setup::default());
+    broker_config(dir, broker, Setup::default());
     let mut host = HostProcess::start(dir);
     host.wait_ready().await;
     publish_many(broker, 0, 80, 4, r#", "busy_ms": 20"#).await;
@@ -304,7 +346,7 @@ pub async fn order_per_key<B: Broker>(broker: &B, dir: &Path) {
 /// SIGKILL mid-stream, then a restart: every message's effect is there, and
 /// only messages in flight at the kill ran twice.
 pub async fn sigkill_and_restart<B: Broker>(broker: &B, dir: &Path, in_flight_bound: usize) {
-    write_config(dir, &broker.source(), &broker.topic(), &Setup::default());
+    broker_config(dir, broker, Setup::default());
     publish_many(broker, 0, 300, 10, r#", "busy_ms": 5"#).await;
     let mut host = HostProcess::start(dir);
     wait_for(60, "some messages handled", || async { host.rows().await.len() >= 60 }).await;
@@ -338,7 +380,7 @@ pub async fn sigkill_and_restart<B: Broker>(broker: &B, dir: &Path, in_flight_bo
 /// the broker, and a second host handles the rest with no duplicates.
 pub async fn sigterm_drains<B: Broker>(broker: &B, dir: &Path) {
     let setup = Setup { concurrency: 4, ..Setup::default() };
-    write_config(dir, &broker.source(), &broker.topic(), &setup);
+    broker_config(dir, broker, setup);
     publish_many(broker, 0, 60, 60, r#", "busy_ms": 100"#).await;
     let mut host = HostProcess::start(dir);
     wait_for(60, "some messages handled", || async { host.rows().await.len() >= 6 }).await;
@@ -360,8 +402,8 @@ pub async fn sigterm_drains<B: Broker>(broker: &B, dir: &Path) {
 /// message is handled exactly once across them, and both handle some.
 pub async fn scale_out<B: Broker>(broker: &B, dir: &Path) {
     let (a_dir, b_dir) = (dir.join("a"), dir.join("b"));
-    write_config(&a_dir, &broker.source(), &broker.topic(), &Setup::default());
-    write_config(&b_dir, &broker.source(), &broker.topic(), &Setup::default());
+    broker_config(&a_dir, broker, Setup::default());
+    broker_config(&b_dir, broker, Setup::default());
     let mut a = HostProcess::start(&a_dir);
     let mut b = HostProcess::start(&b_dir);
     // Both consuming before the work arrives.
@@ -387,7 +429,7 @@ where
     Fut: Future<Output = ()>,
 {
     const PER_ROUND: i64 = 40;
-    write_config(dir, &broker.source(), &broker.topic(), &Setup::default());
+    broker_config(dir, broker, Setup::default());
     let mut host = HostProcess::start(dir);
     host.wait_ready().await;
     // Each restart comes while messages are being handled.

@@ -20,7 +20,12 @@
 //!   a test sets once it has had the kernel swap those pages out
 //!   (`host/tests/memory_reset.rs`);
 //! - `sql`: execute `sql` with the text parameters `params` and ack; a
-//!   capability error rejects the message with the error.
+//!   capability error rejects the message with the error;
+//! - `count`: count the call in a global, grow memory by `pages` 64 KiB
+//!   pages if asked, set `key` in the cache to the count (in decimal), and
+//!   publish it to `to` if given, rejecting the message if that is refused.
+//!   A fresh instance answers 1; a reused one counts on, which is how the
+//!   instance reuse tests see which instance ran a message.
 //!
 //! A payload that is not JSON is rejected, as any JSON handler should do.
 //!
@@ -30,6 +35,7 @@ wit_bindgen::generate!({ path: "../../wit", world: "handler" });
 
 use serde::Deserialize;
 use switchyard::handler::types::RetryRequest;
+use switchyard::handler::publish::{self, Outgoing};
 use switchyard::handler::{cache, db, log};
 
 #[derive(Deserialize)]
@@ -45,7 +51,14 @@ struct Request {
     sql: Option<String>,
     #[serde(default)]
     params: Vec<String>,
+    #[serde(default)]
+    pages: usize,
+    #[serde(default)]
+    to: Option<String>,
 }
+
+/// Calls this instance has served, for `count`.
+static CALLS: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
 
 struct Faults;
 
@@ -142,6 +155,22 @@ impl Guest for Faults {
                 let key = req.key.unwrap_or_else(|| "faults:hit".into());
                 cache::set(&key, &msg.attempt.to_le_bytes(), None)
                     .map_err(|e| HandlerError::Reject(format!("cache set {key}: {e:?}")))
+            }
+            "count" => {
+                let calls = CALLS.fetch_add(1, std::sync::atomic::Ordering::Relaxed) + 1;
+                if req.pages > 0 && core::arch::wasm32::memory_grow(0, req.pages) == usize::MAX {
+                    return Err(HandlerError::Reject(format!("memory.grow refused {} pages", req.pages)));
+                }
+                let key = req.key.unwrap_or_else(|| "faults:count".into());
+                let count = calls.to_string();
+                cache::set(&key, count.as_bytes(), None)
+                    .map_err(|e| HandlerError::Reject(format!("cache set {key}: {e:?}")))?;
+                if let Some(to) = req.to {
+                    let message =
+                        Outgoing { destination: to.clone(), payload: count.into_bytes(), headers: Vec::new(), key: None };
+                    publish::publish(&message).map_err(|e| HandlerError::Reject(format!("publish to {to}: {e:?}")))?;
+                }
+                Ok(())
             }
             "sql" => {
                 let sql = req.sql.unwrap_or_default();
