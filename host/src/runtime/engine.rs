@@ -268,7 +268,8 @@ impl Runtime {
     }
 
     /// Run `plugin` on `message` within `ctx.limits`: in a fresh instance,
-    /// or in an idle one of `ctx.pool` for the same key. Never fails: every way the handler can end is an [`Outcome`].
+    /// or in an idle one of `ctx.pool` for the same key. Never fails: every
+    /// way the handler can end is an [`Outcome`].
     pub async fn invoke(&self, plugin: &Plugin, message: &Message, ctx: &InvokeContext) -> Invocation {
         self.invoke_in(plugin, message, ctx, None).await
     }
