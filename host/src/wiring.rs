@@ -89,7 +89,6 @@ pub fn runtime_options(config: &Config) -> RuntimeOptions {
         max_instances: u32::try_from(config.routes.iter().map(|r| r.concurrency).sum::<usize>())
             .unwrap_or(u32::MAX)
             .max(RuntimeOptions::default().max_instances),
-        ..RuntimeOptions::default()
     }
 }
 
