@@ -389,7 +389,10 @@ async fn embedded_backends(dir: &std::path::Path) -> Arc<Backends> {
 fn context(caps: Capabilities, lang: &str) -> InvokeContext {
     InvokeContext {
         caps: Arc::new(caps),
-        limits: Limits::default(),
+        // This test is about outcomes, not speed. An interpreted language
+        // takes seconds over a half-megabyte payload when the machine is
+        // busy, so the deadline is far above the default's five seconds.
+        limits: Limits { timeout_ms: 120_000, ..Limits::default() },
         tenant: "shop".into(),
         handler: format!("cache-update ({lang})").into(),
         record_effects: true,
