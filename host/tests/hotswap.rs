@@ -8,7 +8,6 @@ use std::collections::HashMap;
 use std::io::Write;
 use std::path::Path;
 use std::process::Command;
-use std::sync::atomic::Ordering;
 use std::time::Duration;
 
 use support::plugin;
@@ -56,16 +55,6 @@ fn append(dir: &Path, chunk: usize, count: usize) {
     file.write_all(text.as_bytes()).unwrap();
 }
 
-async fn wait_handled(stats: &switchyard::dispatch::stats::Stats, n: u64) {
-    for _ in 0..2400 {
-        if stats.handled.load(Ordering::Relaxed) >= n {
-            return;
-        }
-        tokio::time::sleep(Duration::from_millis(25)).await;
-    }
-    panic!("only {} of {n} handled", stats.handled.load(Ordering::Relaxed));
-}
-
 /// 20k messages while 20 deploys alternate two builds: every message is
 /// handled exactly once, messages in flight during a deploy run on either
 /// build, and every message that arrives after a deploy returned runs the
@@ -94,13 +83,13 @@ async fn twenty_deploys(route_extra: &str) {
     for round in 1..=DEPLOYS {
         // The first half is flowing when the deploy happens ...
         append(dir.path(), round * 2, HALF);
-        wait_handled(&stats, (total + HALF / 5) as u64).await;
+        support::wait_handled(&stats, (total + HALF / 5) as u64, 60).await;
         let info = registry.deploy("t", "h", &builds[round % 2], "test").unwrap();
         assert_eq!(info.version, round as u32 + 1);
         // ... the second half arrives after it returned.
         append(dir.path(), round * 2 + 1, HALF);
         total += 2 * HALF;
-        wait_handled(&stats, total as u64).await;
+        support::wait_handled(&stats, total as u64, 60).await;
     }
     shutdown.cancel();
     let summary = task.await.unwrap();
@@ -187,7 +176,7 @@ async fn the_admin_api_deploys_lists_rolls_back_and_refuses_bad_versions() {
     let r = call("PUT", "/v1/handlers/t/nope".into(), Some("s3cret"), b.clone()).await;
     assert_eq!(r.status, 404);
     append(dir.path(), 0, 10);
-    wait_handled(&stats, 10).await;
+    support::wait_handled(&stats, 10, 60).await;
 
     // A good one goes live.
     let r = call("PUT", "/v1/handlers/t/h".into(), Some("s3cret"), b).await;
@@ -196,7 +185,7 @@ async fn the_admin_api_deploys_lists_rolls_back_and_refuses_bad_versions() {
     assert_eq!(info["version"], 2);
     assert_eq!(info["live"], true);
     append(dir.path(), 1, 10);
-    wait_handled(&stats, 20).await;
+    support::wait_handled(&stats, 20, 60).await;
 
     let r = call("GET", "/v1/handlers/t/h/versions".into(), Some("s3cret"), vec![]).await;
     let versions: Vec<serde_json::Value> = serde_json::from_str(&r.body).unwrap();
@@ -207,7 +196,7 @@ async fn the_admin_api_deploys_lists_rolls_back_and_refuses_bad_versions() {
     let r = call("POST", "/v1/handlers/t/h/rollback".into(), Some("s3cret"), vec![]).await;
     assert_eq!(r.status, 200, "{}", r.body);
     append(dir.path(), 2, 10);
-    wait_handled(&stats, 30).await;
+    support::wait_handled(&stats, 30, 60).await;
 
     // Metrics and probes need no token.
     let metrics = call("GET", "/metrics".into(), None, vec![]).await;
@@ -255,7 +244,7 @@ async fn a_file_dropped_in_the_watched_directory_is_deployed() {
     }
     assert!(deployed, "the watched file was not deployed");
     append(dir.path(), 0, 5);
-    wait_handled(&stats, 5).await;
+    support::wait_handled(&stats, 5, 60).await;
     shutdown.cancel();
     task.await.unwrap();
     let db =

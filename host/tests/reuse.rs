@@ -328,16 +328,6 @@ const TWO_TENANTS: &str = r#"
     instances = { reuse = 5, idle_ms = 200 }
 "#;
 
-async fn wait_handled(stats: &switchyard::dispatch::stats::Stats, n: u64) {
-    for _ in 0..400 {
-        if stats.handled.load(Ordering::Relaxed) >= n {
-            return;
-        }
-        tokio::time::sleep(Duration::from_millis(25)).await;
-    }
-    panic!("only {} of {n} handled", stats.handled.load(Ordering::Relaxed));
-}
-
 /// Through the host: two tenants with the same .wasm on routes with reuse,
 /// their messages interleaved. Each tenant's instances count only its own
 /// messages, up to the bound; after the idle time, a fresh one starts.
@@ -357,7 +347,7 @@ async fn a_host_reuses_instances_per_route_and_never_across_tenants() {
     let config = support::config_with_file(dir.path(), TWO_TENANTS, "faults", &[]);
     std::fs::write(dir.path().join("in.jsonl"), text).unwrap();
     let running = support::started_host(&config).await;
-    wait_handled(&running.stats, 16).await;
+    support::wait_handled(&running.stats, 16, 10).await;
 
     let read = |key: String| {
         let cache = running.backends.cache.clone();
@@ -377,7 +367,7 @@ async fn a_host_reuses_instances_per_route_and_never_across_tenants() {
     tokio::time::sleep(Duration::from_millis(600)).await;
     let mut file = std::fs::OpenOptions::new().append(true).open(dir.path().join("in.jsonl")).unwrap();
     file.write_all(line("a", 8).as_bytes()).unwrap();
-    wait_handled(&running.stats, 17).await;
+    support::wait_handled(&running.stats, 17, 10).await;
     assert_eq!(read("faults:a:8".into()).await, 1, "after the idle time");
 
     running.shutdown.cancel();
