@@ -107,15 +107,8 @@ pub fn free_port() -> u16 {
 
 /// Wait until a host in this process has handled `n` messages, at most `secs` seconds.
 pub async fn wait_handled(stats: &switchyard::dispatch::stats::Stats, n: u64, secs: u64) {
-    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(secs);
-    while stats.handled.load(std::sync::atomic::Ordering::Relaxed) < n {
-        assert!(
-            std::time::Instant::now() < deadline,
-            "only {} of {n} handled in {secs} s",
-            stats.handled.load(std::sync::atomic::Ordering::Relaxed)
-        );
-        tokio::time::sleep(std::time::Duration::from_millis(25)).await;
-    }
+    let handled = || async { stats.handled.load(std::sync::atomic::Ordering::Relaxed) >= n };
+    brokers::wait_for(secs, &format!("{n} messages handled"), handled).await;
 }
 
 /// Wait until something listens on `port`.
