@@ -7,7 +7,7 @@
 //! Attacks: `loop`, `memory`, `recurse`, `huge-result`, `read-other-tenant`,
 //! `sql-outside-grant`, `publish-forbidden`, `filesystem`, `network`,
 //! `environment`, `publish-flood` (sixty 8 MiB publishes), `huge-key` and
-//! `huge-header` (20 MB each), `index-flood` (100 indexes), `log-flood` (100,000 lines; returns ok) and
+//! `huge-header` (20 MB each), `index-flood` (100 indexes), `log-flood` (`n` lines, 100,000 unless given; returns ok) and
 //! `fork` (publishes `n` copies of its message to `hostile.fork`; returns ok).
 //!
 //! Build: `cargo build --manifest-path plugins/Cargo.toml --target wasm32-wasip2 --release -p hostile`
@@ -138,7 +138,8 @@ impl Guest for Hostile {
             }
             "log-flood" => {
                 let filler = "x".repeat(200);
-                for i in 0..100_000 {
+                let lines = if attack.n == 0 { 100_000 } else { attack.n };
+                for i in 0..lines {
                     log::log(log::Level::Info, &format!("flood line {i} {filler}"));
                 }
                 Ok(())
