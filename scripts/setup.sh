@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Everything the tests need, on a fresh machine: the wasm target, the
-# Python, JavaScript and C handler toolchains, the services on their usual
+# Python, JavaScript and C handler toolchains, Chromium and playwright-core
+# for the dashboard's browser test, the services on their usual
 # ports (started with the machine's own commands when not answering), a
 # Kafka-protocol broker (tansu) and the RocketMQ name server and broker,
 # installed into the tool cache once.
@@ -24,6 +25,19 @@ cargo --version
 
 echo "== handler toolchains (Python, JavaScript, C)"
 plugins/languages.sh tools
+
+echo "== browser (Chromium and playwright-core, for the dashboard test)"
+# Debian's Chromium, driven by playwright-core from npm (which downloads no
+# browser of its own); the module is kept in the tool cache.
+if [ ! -x /usr/bin/chromium ]; then
+  apt-get update -qq
+  DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends chromium
+fi
+NODE_TOOLS="$SWITCHYARD_CACHE/node"
+if [ ! -d "$NODE_TOOLS/node_modules/playwright-core" ]; then
+  mkdir -p "$NODE_TOOLS"
+  npm install --prefix "$NODE_TOOLS" --no-audit --no-fund --loglevel=error playwright-core@1.64.1
+fi
 
 echo "== services"
 # The tests need PostgreSQL, MariaDB, Redis, NATS with JetStream and RabbitMQ

@@ -7,12 +7,13 @@ use std::sync::Arc;
 use anyhow::{Context, bail};
 use clap::{Parser, Subcommand};
 mod bench;
+mod dev;
+mod invoke;
 
 use bench::BenchWhat;
-use switchyard::capabilities::context::Capabilities;
-use switchyard::config::{Config, DbBackendConfig, Limits};
+use switchyard::config::{Config, Limits};
 use switchyard::contract::Message;
-use switchyard::runtime::{InvokeContext, Outcome, Runtime, RuntimeOptions};
+use switchyard::runtime::Runtime;
 use switchyard::wiring::{self, Host};
 use tokio_util::sync::CancellationToken;
 
@@ -46,7 +47,8 @@ enum Command {
         config: PathBuf,
     },
     /// Run one handler on one message with the embedded backends, and print
-    /// the outcome and every effect it requested.
+    /// the outcome and every effect it requested; or, with `--replay`, every
+    /// message of a file, compared with a golden file by `--expect`.
     Invoke {
         /// The handler component (.wasm).
         wasm: PathBuf,
@@ -54,13 +56,13 @@ enum Command {
         #[arg(long, default_value = "test")]
         topic: String,
         /// The payload, as text (usually JSON).
-        #[arg(long, default_value = "")]
+        #[arg(long, default_value = "", conflicts_with = "replay")]
         payload: String,
         /// The message key.
-        #[arg(long)]
+        #[arg(long, conflicts_with = "replay")]
         key: Option<String>,
         /// A header, as name=value; repeatable.
-        #[arg(long = "header", value_parser = parse_header)]
+        #[arg(long = "header", value_parser = parse_header, conflicts_with = "replay")]
         headers: Vec<(String, String)>,
         /// A configuration variable the handler reads with `config.get`, as key=value; repeatable.
         #[arg(long = "config", value_parser = parse_header)]
@@ -68,6 +70,27 @@ enum Command {
         /// The attempt number the handler sees.
         #[arg(long, default_value_t = 1)]
         attempt: u32,
+        /// Run every message of this file in order instead, one JSON object a
+        /// line as the file source reads them (`topic`, `id`, `key`,
+        /// `headers`, `payload`), and print one outcome line a message.
+        #[arg(long)]
+        replay: Option<PathBuf>,
+        /// With `--replay`: the golden file, one JSON object a line with a
+        /// message's `id` and the fields its outcome must have (`outcome`,
+        /// `reason`, `effects`, ...). Exits 1 naming every difference.
+        #[arg(long, requires = "replay")]
+        expect: Option<PathBuf>,
+        /// With `--expect`: write the outcomes to the golden file instead of
+        /// comparing them.
+        #[arg(long, requires = "expect")]
+        bless: bool,
+        /// Where compiled code is cached between invokes; defaults to
+        /// `$XDG_CACHE_HOME/switchyard/compiled` (`~/.cache/...`).
+        #[arg(long)]
+        cache_dir: Option<PathBuf>,
+        /// Compile the handler even if the cache has it, and cache nothing.
+        #[arg(long, conflicts_with = "cache_dir")]
+        no_cache: bool,
         /// Where the embedded backends keep their data; a fresh temporary
         /// directory if not given.
         #[arg(long)]
@@ -81,6 +104,31 @@ enum Command {
         /// Memory limit in MiB.
         #[arg(long, default_value_t = 64)]
         memory_mib: u64,
+    },
+    /// Work on a handler live: watch its sources, rebuild on every change,
+    /// and deploy each build into a running host, printing each message's
+    /// outcome. A failed build or a refused deploy leaves the last good
+    /// version serving.
+    Dev {
+        /// The handler project (as `switchyard new` makes it, or any
+        /// directory with `--build` and `--wasm`).
+        dir: PathBuf,
+        /// The host's config; without it, a host on the embedded backends
+        /// that sends every line appended to `<dir>/messages.jsonl` to the handler.
+        #[arg(long)]
+        config: Option<PathBuf>,
+        /// With `--config`: the tenant of the handler to deploy to.
+        #[arg(long, requires = "config")]
+        tenant: Option<String>,
+        /// With `--config`: the handler to deploy to, when the config has several.
+        #[arg(long, requires = "config")]
+        handler: Option<String>,
+        /// The build command, run in the project directory, instead of the language's.
+        #[arg(long)]
+        build: Option<String>,
+        /// The component the build writes, relative to the project, instead of the language's.
+        #[arg(long)]
+        wasm: Option<PathBuf>,
     },
     /// Check a config: parse it, and load and validate every handler.
     Check {
@@ -238,8 +286,12 @@ static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
 fn main() -> std::process::ExitCode {
     let cli = Cli::parse();
-    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
-        .unwrap_or_else(|_| "warn,switchyard=info,handler=info".into());
+    // `dev` shows each message's outcome as it is settled.
+    let default = match cli.command {
+        Command::Dev { .. } => "warn,switchyard=info,switchyard::dispatch::delivery=debug,handler=info",
+        _ => "warn,switchyard=info,handler=info",
+    };
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| default.into());
     let log = tracing_subscriber::fmt().with_env_filter(filter).with_writer(|| Redacting);
     match cli.log_format {
         // Colour only for a person at a terminal, not in a log collector's file.
@@ -277,11 +329,31 @@ async fn dispatch_command(command: Command, progress: bool) -> anyhow::Result<st
             headers,
             variables,
             attempt,
+            replay,
+            expect,
+            bless,
+            cache_dir,
+            no_cache,
             data_dir,
             init_sql,
             timeout_ms,
             memory_mib,
         } => {
+            let options = invoke::Options {
+                data_dir,
+                init_sql,
+                limits: Limits { memory_mib, timeout_ms, fuel: None },
+                variables,
+                cache_dir: if no_cache { None } else { cache_dir.or_else(invoke::default_cache_dir) },
+            };
+            if let Some(file) = replay {
+                let golden = match expect {
+                    Some(path) if bless => invoke::Golden::Bless(path),
+                    Some(path) => invoke::Golden::Compare(path),
+                    None => invoke::Golden::None,
+                };
+                return invoke::replay(&wasm, &file, golden, options).await;
+            }
             let message = Message {
                 id: "invoke-1".into(),
                 source: "invoke".into(),
@@ -293,8 +365,11 @@ async fn dispatch_command(command: Command, progress: bool) -> anyhow::Result<st
                 reply_to: None,
                 timestamp_ms: None,
             };
-            let limits = Limits { memory_mib, timeout_ms, fuel: None };
-            invoke(&wasm, message, data_dir, init_sql, limits, variables).await
+            invoke::one(&wasm, message, options).await
+        }
+        Command::Dev { dir, config, tenant, handler, build, wasm } => {
+            let config = config.as_deref().map(load_config).transpose()?;
+            dev::run(dev::Args { dir, config, tenant, handler, build, wasm }).await
         }
         Command::Check { config } => check(&config),
         Command::Plugins { admin, token, action } => plugins(&admin, token.as_deref(), action).await,
@@ -358,65 +433,6 @@ async fn run(path: &Path, progress: bool) -> anyhow::Result<std::process::ExitCo
         "switchyard stopped"
     );
     Ok(std::process::ExitCode::SUCCESS)
-}
-
-async fn invoke(
-    wasm: &Path,
-    message: Message,
-    data_dir: Option<PathBuf>,
-    init_sql: Vec<String>,
-    limits: Limits,
-    variables: Vec<(String, String)>,
-) -> anyhow::Result<std::process::ExitCode> {
-    let temp;
-    let data_dir = match data_dir {
-        Some(dir) => dir,
-        None => {
-            temp = tempfile::tempdir().context("cannot create a temporary data directory")?;
-            temp.path().to_path_buf()
-        }
-    };
-    let mut config = Config::parse(Path::new("<invoke>"), "").context("empty config")?;
-    config.data_dir = data_dir.clone();
-    config.backends.db = DbBackendConfig::Sqlite { path: None, init: init_sql };
-    let runtime = Runtime::new(RuntimeOptions {
-        cache_dir: Some(data_dir.join("compiled")),
-        max_memory_mib: limits.memory_mib,
-        ..RuntimeOptions::default()
-    })?;
-    let plugin = runtime.load(wasm)?;
-    let backends = Arc::new(wiring::open_backends(&config).await.context("cannot open the embedded backends")?);
-    let ctx = InvokeContext {
-        caps: Arc::new(Capabilities::unrestricted(backends)),
-        limits,
-        tenant: "invoke".into(),
-        handler: wasm.display().to_string().into(),
-        record_effects: true,
-        variables: Arc::new(variables.into_iter().collect()),
-        pool: None,
-    };
-    let invocation = runtime.invoke(&plugin, &message, &ctx).await;
-    let outcome = match &invocation.outcome {
-        Outcome::Ok => serde_json::json!({ "outcome": "ok" }),
-        Outcome::Retry { delay, reason } => {
-            serde_json::json!({ "outcome": "retry", "delay_ms": delay.as_millis() as u64, "reason": reason })
-        }
-        Outcome::Reject(reason) => serde_json::json!({ "outcome": "reject", "reason": reason }),
-        Outcome::Failed(f) => serde_json::json!({ "outcome": invocation.outcome.kind(), "reason": f.to_string() }),
-    };
-    let report = serde_json::json!({
-        "handler": wasm.display().to_string(),
-        "digest": plugin.digest,
-        "result": outcome,
-        "effects": invocation.effects,
-        "data_dir": data_dir.display().to_string(),
-    });
-    println!("{}", serde_json::to_string_pretty(&report)?);
-    Ok(if invocation.outcome == Outcome::Ok {
-        std::process::ExitCode::SUCCESS
-    } else {
-        std::process::ExitCode::from(2)
-    })
 }
 
 async fn plugins(admin: &str, token: Option<&str>, action: PluginsAction) -> anyhow::Result<std::process::ExitCode> {

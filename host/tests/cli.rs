@@ -134,6 +134,140 @@ fn invoke_reports_db_and_publish_effects() {
     assert_eq!(effects[1]["destination"], "order.recorded");
 }
 
+/// The Python handler is the slowest to compile (seconds): the first invoke
+/// compiles it into the per-user cache under `$XDG_CACHE_HOME`, and the
+/// second loads it from there.
+#[test]
+fn a_second_invoke_of_the_python_handler_loads_its_compiled_code_from_the_cache() {
+    let home = tempfile::tempdir().unwrap();
+    let cache = home.path().join("switchyard/compiled");
+    let invoke = || {
+        let out = switchyard()
+            .args(["invoke", "--topic", "product.changed", "--payload", r#"{"id": "p1", "name": "lamp"}"#])
+            .env("XDG_CACHE_HOME", home.path())
+            .arg(plugin("cache_update_py"))
+            .output()
+            .unwrap();
+        assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+        serde_json::from_slice::<serde_json::Value>(&out.stdout).unwrap()
+    };
+    let first = invoke();
+    assert_eq!(first["compiled_from_cache"], false);
+    let entries: Vec<_> = std::fs::read_dir(&cache).unwrap().map(|e| e.unwrap().file_name()).collect();
+    assert_eq!(entries.len(), 1, "{entries:?}");
+    assert!(entries[0].to_string_lossy().starts_with(first["digest"].as_str().unwrap()), "{entries:?}");
+    let second = invoke();
+    assert_eq!(second["compiled_from_cache"], true);
+    assert_eq!(second["result"], first["result"]);
+    assert_eq!(second["effects"], first["effects"]);
+}
+
+#[test]
+fn a_corrupt_cache_entry_is_compiled_again_and_replaced() {
+    let cache = tempfile::tempdir().unwrap();
+    let invoke = || {
+        let out = switchyard()
+            .args(["invoke", "--topic", "product.changed", "--payload", r#"{"id": "p1", "name": "lamp"}"#])
+            .arg("--cache-dir")
+            .arg(cache.path())
+            .arg(plugin("cache_update"))
+            .output()
+            .unwrap();
+        assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+        (
+            serde_json::from_slice::<serde_json::Value>(&out.stdout).unwrap(),
+            String::from_utf8_lossy(&out.stderr).into_owned(),
+        )
+    };
+    invoke();
+    let entry = std::fs::read_dir(cache.path()).unwrap().next().unwrap().unwrap().path();
+    std::fs::write(&entry, b"not compiled code").unwrap();
+    let (report, stderr) = invoke();
+    assert_eq!(report["compiled_from_cache"], false);
+    assert_eq!(report["result"]["outcome"], "ok");
+    assert!(stderr.contains("compiled-code cache entry unusable"), "{stderr}");
+    assert_eq!(invoke().0["compiled_from_cache"], true);
+}
+
+/// Three product changes, one of them malformed, and a delete.
+const REPLAY: &str = r#"{"topic": "product.changed", "id": "m1", "payload": {"id": "p1", "name": "lamp"}}
+{"topic": "product.changed", "id": "m2", "payload": "not json"}
+
+{"topic": "product.changed", "id": "m3", "payload": {"id": "p1", "deleted": true}}
+"#;
+
+fn replay(dir: &Path, extra: &[&str]) -> std::process::Output {
+    let messages = dir.join("messages.jsonl");
+    std::fs::write(&messages, REPLAY).unwrap();
+    switchyard()
+        .arg("invoke")
+        .arg(plugin("cache_update"))
+        .arg("--replay")
+        .arg(&messages)
+        .args(extra)
+        .current_dir(dir)
+        .output()
+        .unwrap()
+}
+
+#[test]
+fn replay_prints_one_outcome_line_a_message_in_order() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = replay(dir.path(), &[]);
+    // A reject among the messages: not every message was ok.
+    assert_eq!(out.status.code(), Some(2), "{}", String::from_utf8_lossy(&out.stderr));
+    let lines: Vec<serde_json::Value> =
+        String::from_utf8_lossy(&out.stdout).lines().map(|l| serde_json::from_str(l).unwrap()).collect();
+    let ids: Vec<&str> = lines.iter().map(|l| l["id"].as_str().unwrap()).collect();
+    assert_eq!(ids, ["m1", "m2", "m3"]);
+    assert_eq!(lines[0]["outcome"], "ok");
+    assert_eq!(lines[0]["effects"][0]["key"], "product:p1");
+    assert_eq!(lines[1]["outcome"], "reject");
+    assert!(lines[1]["reason"].as_str().unwrap().starts_with("malformed product change"), "{}", lines[1]);
+    assert_eq!(lines[2]["effects"][0]["effect"], "cache-delete");
+}
+
+#[test]
+fn replay_against_a_golden_file_passes_as_blessed_and_fails_naming_each_difference() {
+    let dir = tempfile::tempdir().unwrap();
+    let blessed = replay(dir.path(), &["--expect", "golden.jsonl", "--bless"]);
+    assert!(blessed.status.success(), "{}", String::from_utf8_lossy(&blessed.stderr));
+    assert!(String::from_utf8_lossy(&blessed.stderr).contains("wrote the outcomes of 3 messages to golden.jsonl"));
+
+    let passed = replay(dir.path(), &["--expect", "golden.jsonl"]);
+    let stderr = String::from_utf8_lossy(&passed.stderr);
+    assert!(passed.status.success(), "{stderr}");
+    assert!(stderr.contains("3 messages, every outcome as golden.jsonl expects"), "{stderr}");
+
+    // A hand-written golden file: only outcomes, m2 expected ok, m3 left
+    // out, and a message that is not in the replay.
+    std::fs::write(
+        dir.path().join("golden.jsonl"),
+        "{\"id\": \"m1\", \"outcome\": \"ok\"}\n{\"id\": \"m2\", \"outcome\": \"ok\"}\n{\"id\": \"m9\", \"outcome\": \"ok\"}\n",
+    )
+    .unwrap();
+    let failed = replay(dir.path(), &["--expect", "golden.jsonl"]);
+    let stderr = String::from_utf8_lossy(&failed.stderr);
+    assert_eq!(failed.status.code(), Some(1), "{stderr}");
+    assert!(stderr.contains(r#"message "m2": outcome expected "ok", got "reject""#), "{stderr}");
+    assert!(stderr.contains(r#"message "m3": golden.jsonl has no expectation for it"#), "{stderr}");
+    assert!(stderr.contains(r#"message "m9": golden.jsonl expects it"#), "{stderr}");
+    assert!(!stderr.contains(r#"message "m1""#), "{stderr}");
+    assert!(stderr.contains("3 messages, 3 not as golden.jsonl expects"), "{stderr}");
+}
+
+#[test]
+fn replay_names_the_line_of_a_file_that_is_not_messages() {
+    let dir = tempfile::tempdir().unwrap();
+    let messages = dir.path().join("broken.jsonl");
+    std::fs::write(&messages, "{\"topic\": \"t\", \"payload\": \"x\"}\n{\"topic\": 7}\n").unwrap();
+    let out = switchyard().arg("invoke").arg(plugin("cache_update")).arg("--replay").arg(&messages).output().unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1));
+    assert!(stderr.contains("broken.jsonl: line 2 is not a message"), "{stderr}");
+    assert!(out.stdout.is_empty(), "no message ran: {}", String::from_utf8_lossy(&out.stdout));
+}
+
 #[test]
 fn run_drains_and_exits_zero_on_sigterm() {
     let dir = tempfile::tempdir().unwrap();

@@ -1,5 +1,5 @@
 //! The admin HTTP API: deploy, list and roll back handler versions (bearer
-//! token required), Prometheus metrics, and Kubernetes probes.
+//! token required), the dashboard, Prometheus metrics, and Kubernetes probes.
 //!
 //! | method and path | what |
 //! |---|---|
@@ -7,6 +7,8 @@
 //! | `GET /v1/handlers` | every handler and its live version |
 //! | `GET /v1/handlers/{tenant}/{handler}/versions` | every version, oldest first |
 //! | `POST /v1/handlers/{tenant}/{handler}/rollback` | body `{"version": n}` or empty for the previous one |
+//! | `GET /v1/dashboard` | counters and versions of every handler, and the latest dead letters |
+//! | `GET /dashboard` | the dashboard page, which asks for the token and polls `/v1/dashboard` |
 //! | `GET /metrics` | Prometheus metrics per tenant and handler |
 //! | `GET /healthz` | 200 while the process runs |
 //! | `GET /readyz` | 200 once every source has started, 503 before and while shutting down |
@@ -25,7 +27,7 @@ use axum::routing::{get, post, put};
 use serde_json::json;
 use tokio_util::sync::CancellationToken;
 
-use super::metrics;
+use super::{dashboard, metrics};
 use crate::dispatch::stats::Stats;
 use crate::runtime::registry::{DeployError, Registry};
 
@@ -65,9 +67,11 @@ impl Admin {
             .route("/v1/handlers/{tenant}/{handler}", put(deploy))
             .route("/v1/handlers/{tenant}/{handler}/versions", get(versions))
             .route("/v1/handlers/{tenant}/{handler}/rollback", post(rollback))
+            .route("/v1/dashboard", get(dashboard_snapshot))
             .route_layer(middleware::from_fn_with_state(self.clone(), require_token));
         Router::new()
             .merge(v1)
+            .route("/dashboard", get(dashboard_page))
             .route("/metrics", get(metrics_text))
             .route("/healthz", get(|| async { "ok" }))
             .route("/readyz", get(readyz))
@@ -159,10 +163,22 @@ async fn list(State(admin): State<Admin>) -> Response {
     axum::Json(handlers).into_response()
 }
 
+async fn dashboard_page() -> Response {
+    let headers = [
+        ("content-security-policy", dashboard::content_security_policy()),
+        ("x-content-type-options", "nosniff"),
+        ("referrer-policy", "no-referrer"),
+        ("cache-control", "no-store"),
+    ];
+    (headers, axum::response::Html(dashboard::PAGE)).into_response()
+}
+
+async fn dashboard_snapshot(State(admin): State<Admin>) -> Response {
+    axum::Json(dashboard::snapshot(&admin.registry, &admin.stats)).into_response()
+}
+
 async fn metrics_text(State(admin): State<Admin>) -> Response {
-    let mut text = metrics::render(admin.registry.slots().map(|s| (&*s.tenant, &*s.handler, &s.metrics)));
-    text.push_str(&metrics::render_sources(&admin.stats.lost_by_source()));
-    ([("content-type", "text/plain; version=0.0.4")], text).into_response()
+    ([("content-type", metrics::CONTENT_TYPE)], metrics::render(&admin.registry, &admin.stats)).into_response()
 }
 
 async fn readyz(State(admin): State<Admin>) -> Response {

@@ -1,114 +1,222 @@
-//! Per-handler metrics, labelled by tenant and handler, in the Prometheus
-//! text format.
+//! `/metrics` in the OpenMetrics text format, through `prometheus-client`.
+//! The counters stay where the delivery path keeps them (each handler's
+//! atomics and the host's [`Stats`]), so a message costs no more than it did;
+//! a collector reads them at each scrape.
 
-use std::fmt::Write;
+use std::sync::Arc;
 use std::sync::atomic::Ordering;
 
+use prometheus_client::collector::Collector;
+use prometheus_client::encoding::{DescriptorEncoder, EncodeMetric};
+use prometheus_client::metrics::MetricType;
+use prometheus_client::metrics::counter::ConstCounter;
+use prometheus_client::metrics::gauge::ConstGauge;
+
+use crate::dispatch::stats::Stats;
 use crate::runtime::metrics::{BUCKETS, HandlerMetrics};
+use crate::runtime::registry::Registry;
 
-fn escape(value: &str) -> String {
-    value.replace('\\', "\\\\").replace('"', "\\\"").replace('\n', "\\n")
+/// The content type of what [`render`] writes.
+pub const CONTENT_TYPE: &str = "application/openmetrics-text; version=1.0.0; charset=utf-8";
+
+/// Name, help, and how to read one per-handler counter or gauge. A
+/// counter's name is given without `_total`, which the format appends.
+type PerHandler = (&'static str, MetricType, &'static str, fn(&HandlerMetrics) -> u64);
+
+const PER_HANDLER: [PerHandler; 8] = [
+    ("switchyard_messages_handled", MetricType::Counter, "Messages acked after the handler returned ok.", |m| {
+        m.handled.load(Ordering::Relaxed)
+    }),
+    ("switchyard_messages_retried", MetricType::Counter, "Retries scheduled.", |m| m.retried.load(Ordering::Relaxed)),
+    ("switchyard_messages_dead_lettered", MetricType::Counter, "Messages dead-lettered.", |m| {
+        m.dead_lettered.load(Ordering::Relaxed)
+    }),
+    ("switchyard_messages_in_flight", MetricType::Gauge, "Invocations running now.", |m| {
+        m.in_flight.load(Ordering::Relaxed)
+    }),
+    (
+        "switchyard_handler_fuel_consumed",
+        MetricType::Counter,
+        "WebAssembly fuel consumed, for handlers with a fuel limit.",
+        |m| m.fuel.load(Ordering::Relaxed),
+    ),
+    (
+        "switchyard_log_lines_dropped",
+        MetricType::Counter,
+        "Handler log lines dropped past the tenant's max_log_bytes for one message.",
+        |m| m.log_lines_dropped.load(Ordering::Relaxed),
+    ),
+    (
+        "switchyard_http_requests",
+        MetricType::Counter,
+        "HTTP requests handlers sent through the http capability, redirects included.",
+        |m| m.http_requests.load(Ordering::Relaxed),
+    ),
+    (
+        "switchyard_instances_reused",
+        MetricType::Counter,
+        "Invocations that ran in a reused instance (routes with `instances.reuse`) instead of a fresh one.",
+        |m| m.instances_reused.load(Ordering::Relaxed),
+    ),
+];
+
+/// Reads the host's counters at each scrape.
+struct Host {
+    registry: Arc<Registry>,
+    stats: Arc<Stats>,
 }
 
-/// Render the metrics of every (tenant, handler) in the Prometheus text format.
-pub fn render<'a>(handlers: impl Iterator<Item = (&'a str, &'a str, &'a HandlerMetrics)> + Clone) -> String {
+impl std::fmt::Debug for Host {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Host").field("handlers", &self.registry.slots().count()).finish()
+    }
+}
+
+/// One handler's latency histogram, as the encoder takes it.
+#[derive(Debug)]
+struct Latency<'a>(&'a HandlerMetrics);
+
+impl EncodeMetric for Latency<'_> {
+    fn encode(&self, mut encoder: prometheus_client::encoding::MetricEncoder) -> Result<(), std::fmt::Error> {
+        let counts = self.0.bucket_counts();
+        // The last count is past every bound: the +Inf bucket.
+        let bounds = BUCKETS.iter().copied().chain(std::iter::once(f64::INFINITY));
+        let buckets: Vec<(f64, u64)> = bounds.zip(counts.iter().copied()).collect();
+        let count = counts.iter().sum();
+        encoder.encode_histogram::<prometheus_client::encoding::NoLabelSet>(
+            self.0.total_time().as_secs_f64(),
+            count,
+            &buckets,
+            None,
+        )
+    }
+
+    fn metric_type(&self) -> MetricType {
+        MetricType::Histogram
+    }
+}
+
+impl Collector for Host {
+    fn encode(&self, mut encoder: DescriptorEncoder) -> Result<(), std::fmt::Error> {
+        let slots: Vec<_> = self.registry.slots().collect();
+        let labels = |tenant: &str, handler: &str| [("tenant", tenant.to_string()), ("handler", handler.to_string())];
+        for (name, kind, help, read) in PER_HANDLER {
+            let mut family = encoder.encode_descriptor(name, help, None, kind)?;
+            for slot in &slots {
+                let labels = labels(&slot.tenant, &slot.handler);
+                let value = read(&slot.metrics);
+                let metric = family.encode_family(&labels)?;
+                match kind {
+                    MetricType::Gauge => ConstGauge::new(i64::try_from(value).unwrap_or(i64::MAX)).encode(metric)?,
+                    _ => ConstCounter::new(value).encode(metric)?,
+                }
+            }
+        }
+        let mut family = encoder.encode_descriptor(
+            "switchyard_handler_duration_seconds",
+            "Wall time of one invocation, instantiation included.",
+            None,
+            MetricType::Histogram,
+        )?;
+        for slot in &slots {
+            let labels = labels(&slot.tenant, &slot.handler);
+            Latency(&slot.metrics).encode(family.encode_family(&labels)?)?;
+        }
+
+        let mut family = encoder.encode_descriptor(
+            "switchyard_handler_live_version",
+            "The version number of the handler that new deliveries run.",
+            None,
+            MetricType::Gauge,
+        )?;
+        for slot in &slots {
+            let labels = labels(&slot.tenant, &slot.handler);
+            ConstGauge::new(i64::from(slot.live().number)).encode(family.encode_family(&labels)?)?;
+        }
+
+        let totals = self.stats.snapshot();
+        let host: [(&str, MetricType, &str, u64); 2] = [
+            (
+                "switchyard_messages_received",
+                MetricType::Counter,
+                "Deliveries received from every source.",
+                totals.received,
+            ),
+            (
+                "switchyard_messages_pending",
+                MetricType::Gauge,
+                "Deliveries received and not yet settled, those waiting to retry included.",
+                totals.pending,
+            ),
+        ];
+        for (name, kind, help, value) in host {
+            let metric = encoder.encode_descriptor(name, help, None, kind)?;
+            match kind {
+                MetricType::Gauge => ConstGauge::new(i64::try_from(value).unwrap_or(i64::MAX)).encode(metric)?,
+                _ => ConstCounter::new(value).encode(metric)?,
+            }
+        }
+
+        let mut family = encoder.encode_descriptor(
+            "switchyard_source_messages_lost",
+            "Messages an at-most-once source (core NATS) dropped before the host got them.",
+            None,
+            MetricType::Counter,
+        )?;
+        for (source, lost) in self.stats.lost_by_source() {
+            ConstCounter::new(lost).encode(family.encode_family(&[("source", source)])?)?;
+        }
+        Ok(())
+    }
+}
+
+/// Every metric of the host, in the OpenMetrics text format.
+pub fn render(registry: &Arc<Registry>, stats: &Arc<Stats>) -> String {
+    let mut metrics = prometheus_client::registry::Registry::default();
+    metrics.register_collector(Box::new(Host { registry: registry.clone(), stats: stats.clone() }));
     let mut out = String::new();
-    // Name, type, help, and how to read it from a handler's metrics.
-    type Counter = (&'static str, &'static str, &'static str, fn(&HandlerMetrics) -> u64);
-    let counters: [Counter; 8] = [
-        ("switchyard_messages_handled_total", "counter", "Messages acked after the handler returned ok.", |m| {
-            m.handled.load(Ordering::Relaxed)
-        }),
-        ("switchyard_messages_retried_total", "counter", "Retries scheduled.", |m| m.retried.load(Ordering::Relaxed)),
-        ("switchyard_messages_dead_lettered_total", "counter", "Messages dead-lettered.", |m| {
-            m.dead_lettered.load(Ordering::Relaxed)
-        }),
-        ("switchyard_messages_in_flight", "gauge", "Invocations running now.", |m| m.in_flight.load(Ordering::Relaxed)),
-        (
-            "switchyard_handler_fuel_consumed_total",
-            "counter",
-            "WebAssembly fuel consumed, for handlers with a fuel limit.",
-            |m| m.fuel.load(Ordering::Relaxed),
-        ),
-        (
-            "switchyard_log_lines_dropped_total",
-            "counter",
-            "Handler log lines dropped past the tenant's max_log_bytes for one message.",
-            |m| m.log_lines_dropped.load(Ordering::Relaxed),
-        ),
-        (
-            "switchyard_http_requests_total",
-            "counter",
-            "HTTP requests handlers sent through the http capability, redirects included.",
-            |m| m.http_requests.load(Ordering::Relaxed),
-        ),
-        (
-            "switchyard_instances_reused_total",
-            "counter",
-            "Invocations that ran in a reused instance (routes with `instances.reuse`) instead of a fresh one.",
-            |m| m.instances_reused.load(Ordering::Relaxed),
-        ),
-    ];
-    for (name, kind, help, get) in counters {
-        let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} {kind}");
-        for (tenant, handler, m) in handlers.clone() {
-            let _ = writeln!(out, "{name}{{tenant=\"{}\",handler=\"{}\"}} {}", escape(tenant), escape(handler), get(m));
-        }
-    }
-    let name = "switchyard_handler_duration_seconds";
-    let _ =
-        writeln!(out, "# HELP {name} Wall time of one invocation, instantiation included.\n# TYPE {name} histogram");
-    for (tenant, handler, m) in handlers {
-        let labels = format!("tenant=\"{}\",handler=\"{}\"", escape(tenant), escape(handler));
-        let counts = m.bucket_counts();
-        let mut cumulative = 0;
-        for (bound, count) in BUCKETS.iter().zip(&counts) {
-            cumulative += count;
-            let _ = writeln!(out, "{name}_bucket{{{labels},le=\"{bound}\"}} {cumulative}");
-        }
-        cumulative += counts.last().copied().unwrap_or_default();
-        let _ = writeln!(out, "{name}_bucket{{{labels},le=\"+Inf\"}} {cumulative}");
-        let _ = writeln!(out, "{name}_sum{{{labels}}} {}", m.total_time().as_secs_f64());
-        let _ = writeln!(out, "{name}_count{{{labels}}} {cumulative}");
-    }
-    out
-}
-
-/// The messages each at-most-once source lost.
-pub fn render_sources(lost: &[(String, u64)]) -> String {
-    let name = "switchyard_source_messages_lost_total";
-    let mut out = format!(
-        "# HELP {name} Messages an at-most-once source (core NATS) dropped before the host got them.\n# TYPE {name} counter\n"
-    );
-    for (source, count) in lost {
-        let _ = writeln!(out, "{name}{{source=\"{}\"}} {count}", escape(source));
+    if let Err(e) = prometheus_client::encoding::text::encode(&mut out, &metrics) {
+        tracing::error!(error = %e, "cannot encode the metrics");
     }
     out
 }
 
 #[cfg(test)]
 mod tests {
+    #![allow(clippy::unwrap_used)]
     use super::*;
     use std::time::Duration;
 
+    #[derive(Debug)]
+    struct One(HandlerMetrics);
+
+    impl Collector for One {
+        fn encode(&self, mut encoder: DescriptorEncoder) -> Result<(), std::fmt::Error> {
+            let mut family = encoder.encode_descriptor("d_seconds", "help", None, MetricType::Histogram)?;
+            Latency(&self.0).encode(family.encode_family(&[("handler", "say \"hi\"")])?)
+        }
+    }
+
     #[test]
-    fn renders_counters_and_a_cumulative_histogram() {
+    fn a_latency_histogram_is_cumulative_with_its_labels_escaped() {
         let m = HandlerMetrics::default();
-        m.handled.fetch_add(3, Ordering::Relaxed);
         m.observe(Duration::from_micros(50));
         m.observe(Duration::from_millis(3));
         m.observe(Duration::from_secs(9));
-        let text = render([("shop", "say \"hi\"", &m)].into_iter());
-        assert!(
-            text.contains("switchyard_messages_handled_total{tenant=\"shop\",handler=\"say \\\"hi\\\"\"} 3"),
-            "{text}"
-        );
-        assert!(text.contains("le=\"0.0001\"} 1\n"), "{text}");
-        assert!(text.contains("le=\"0.005\"} 2\n"), "{text}");
-        assert!(text.contains("le=\"5\"} 2\n"), "{text}");
-        assert!(text.contains("le=\"+Inf\"} 3\n"), "{text}");
-        assert!(
-            text.contains("switchyard_handler_duration_seconds_count{tenant=\"shop\",handler=\"say \\\"hi\\\"\"} 3")
-        );
+        let mut metrics = prometheus_client::registry::Registry::default();
+        metrics.register_collector(Box::new(One(m)));
+        let mut text = String::new();
+        prometheus_client::encoding::text::encode(&mut text, &metrics).unwrap();
+        let labels = r#"handler="say \"hi\"""#;
+        for line in [
+            format!("d_seconds_bucket{{le=\"0.0001\",{labels}}} 1"),
+            format!("d_seconds_bucket{{le=\"0.005\",{labels}}} 2"),
+            format!("d_seconds_bucket{{le=\"5.0\",{labels}}} 2"),
+            format!("d_seconds_bucket{{le=\"+Inf\",{labels}}} 3"),
+            format!("d_seconds_count{{{labels}}} 3"),
+        ] {
+            assert!(text.lines().any(|l| l == line), "no line {line} in:\n{text}");
+        }
+        assert!(text.ends_with("# EOF\n"), "{text}");
     }
 }

@@ -12,6 +12,7 @@ use tracing::Instrument;
 use super::faults::{self, CrashPoint};
 use super::ordering::Turn;
 use super::route::{Route, Shared};
+use super::stats::DeadLetterNote;
 use crate::config::RouteConfig;
 use crate::contract::bindings::Message;
 use crate::contract::bindings::publish::Outgoing;
@@ -215,16 +216,25 @@ async fn dead_letter(
 ) {
     let reason = truncate(reason, MAX_REASON);
     tracing::warn!(%reason, "dead-lettering");
-    let failed_at = std::time::SystemTime::now()
+    let failed_at_ms = std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.as_millis().to_string())
+        .map(|d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
         .unwrap_or_default();
+    shared.stats.record_dead_letter(DeadLetterNote {
+        source: message.source.clone(),
+        tenant: route.invoke.tenant.to_string(),
+        handler: route.invoke.handler.to_string(),
+        message_id: message.id.clone(),
+        topic: message.topic.clone(),
+        reason: reason.clone(),
+        at_ms: failed_at_ms,
+    });
     let mut headers = vec![
         (headers::DEAD_LETTER_REASON.to_string(), reason.clone()),
         (headers::ATTEMPTS.to_string(), message.attempt.to_string()),
         (headers::TENANT.to_string(), route.invoke.tenant.to_string()),
         (headers::HANDLER.to_string(), route.invoke.handler.to_string()),
-        (headers::FAILED_AT_MS.to_string(), failed_at),
+        (headers::FAILED_AT_MS.to_string(), failed_at_ms.to_string()),
     ];
     let count = compensations.len();
     // On a transactional route, the failure and its compensations are

@@ -1,4 +1,5 @@
-//! Counters for the live progress line and the run summary.
+//! Counters for the live progress line and the run summary, and the latest
+//! dead letters for the dashboard.
 
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
@@ -18,6 +19,30 @@ pub struct Stats {
     pub pending: AtomicU64,
     /// Messages each at-most-once source knows it lost, by source.
     lost: std::sync::Mutex<Vec<(String, std::sync::Arc<AtomicU64>)>>,
+    /// The latest dead letters, newest last, for the dashboard.
+    recent_dead_letters: std::sync::Mutex<std::collections::VecDeque<DeadLetterNote>>,
+}
+
+/// How many dead letters [`Stats::recent_dead_letters`] keeps.
+pub const RECENT_DEAD_LETTERS: usize = 200;
+
+/// One dead letter as the dashboard lists it.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+pub struct DeadLetterNote {
+    /// The source it came from, whose dead-letter place now holds it.
+    pub source: String,
+    /// The tenant whose handler it was routed to.
+    pub tenant: String,
+    /// The handler.
+    pub handler: String,
+    /// The message id.
+    pub message_id: String,
+    /// Its topic.
+    pub topic: String,
+    /// Why it was dead-lettered, as in its `switchyard-dead-letter-reason` header.
+    pub reason: String,
+    /// When, in milliseconds since the epoch.
+    pub at_ms: u64,
 }
 
 /// A copy of the counters at one moment.
@@ -56,6 +81,21 @@ impl Stats {
         if let Ok(mut lost) = self.lost.lock() {
             lost.push((name.to_string(), counter));
         }
+    }
+
+    /// Remember a dead letter, forgetting the oldest past [`RECENT_DEAD_LETTERS`].
+    pub fn record_dead_letter(&self, note: DeadLetterNote) {
+        if let Ok(mut recent) = self.recent_dead_letters.lock() {
+            if recent.len() == RECENT_DEAD_LETTERS {
+                recent.pop_front();
+            }
+            recent.push_back(note);
+        }
+    }
+
+    /// The latest dead letters, newest last.
+    pub fn recent_dead_letters(&self) -> Vec<DeadLetterNote> {
+        self.recent_dead_letters.lock().map(|r| r.iter().cloned().collect()).unwrap_or_default()
     }
 
     /// Messages lost, by source, for the sources that can lose them.

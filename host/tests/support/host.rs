@@ -1,7 +1,9 @@
-//! The one launcher of a `switchyard run` child process that the tests share:
-//! the real binary on a config in its own directory, its log kept in a file
-//! there, stopped by signal and killed if the test ends first.
+//! The one launcher of a `switchyard` child process that the tests share:
+//! the real binary (`run` on a config in its own directory, or another
+//! long-running command), its log kept in a file there, stopped by signal and
+//! killed if the test ends first.
 
+use std::ffi::OsString;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, ExitStatus, Stdio};
 use std::time::{Duration, Instant};
@@ -12,6 +14,7 @@ pub struct HostProcess {
     pub dir: PathBuf,
     child: Option<Child>,
     log: PathBuf,
+    args: Vec<OsString>,
     env: Vec<(String, String)>,
 }
 
@@ -34,9 +37,16 @@ impl HostProcess {
 
     /// Start it with extra environment variables.
     pub fn start_with_env(dir: &Path, env: &[(&str, &str)]) -> Self {
+        Self::start_command(dir, &["run".into(), dir.join("switchyard.toml").into()], env)
+    }
+
+    /// Start `switchyard <args>`, logging into `dir`, with its default log
+    /// levels unless `env` sets `RUST_LOG`.
+    pub fn start_command(dir: &Path, args: &[OsString], env: &[(&str, &str)]) -> Self {
         let log = dir.join(format!("host-{}.log", super::unique("run")));
-        let env = env.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect();
-        let mut host = Self { dir: dir.to_path_buf(), child: None, log, env };
+        let mut all = vec![("RUST_LOG".to_string(), "warn,switchyard=info,handler=info".to_string())];
+        all.extend(env.iter().map(|(k, v)| (k.to_string(), v.to_string())));
+        let mut host = Self { dir: dir.to_path_buf(), child: None, log, args: args.to_vec(), env: all };
         host.spawn();
         host
     }
@@ -44,9 +54,7 @@ impl HostProcess {
     fn spawn(&mut self) {
         let log = std::fs::OpenOptions::new().create(true).append(true).open(&self.log).unwrap();
         let child = Command::new(env!("CARGO_BIN_EXE_switchyard"))
-            .arg("run")
-            .arg(self.dir.join("switchyard.toml"))
-            .env("RUST_LOG", "warn,switchyard=info,handler=info")
+            .args(&self.args)
             .envs(self.env.iter().map(|(k, v)| (k.as_str(), v.as_str())))
             .stdout(Stdio::null())
             .stderr(log)
