@@ -91,6 +91,9 @@ impl Session {
         let runtime = Runtime::new(RuntimeOptions {
             cache_dir: options.cache_dir.as_deref().and_then(private_dir),
             max_memory_mib: options.limits.memory_mib,
+            // One message at a time: a small pool, so reserving it costs
+            // little of the start-up (a host's is sized for 1,000).
+            max_instances: 16,
             ..RuntimeOptions::default()
         })?;
         let plugin = runtime.load(wasm)?;
