@@ -9,7 +9,7 @@
 //! | `POST /v1/handlers/{tenant}/{handler}/rollback` | body `{"version": n}` or empty for the previous one |
 //! | `GET /v1/dashboard` | counters and versions of every handler, and the latest dead letters |
 //! | `GET /dashboard` | the dashboard page, which asks for the token and polls `/v1/dashboard` |
-//! | `GET /metrics` | Prometheus metrics per tenant and handler |
+//! | `GET /metrics` | metrics per tenant and handler, in the OpenMetrics text format Prometheus reads |
 //! | `GET /healthz` | 200 while the process runs |
 //! | `GET /readyz` | 200 once every source has started, 503 before and while shutting down |
 
