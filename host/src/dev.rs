@@ -37,7 +37,7 @@ pub struct Args {
 }
 
 /// A handler project: how to build it and where the build puts the component.
-#[derive(Debug, PartialEq)]
+#[derive(Debug)]
 struct Project {
     dir: PathBuf,
     name: String,
@@ -151,16 +151,16 @@ fn pick_slot(registry: &Registry, tenant: Option<String>, handler: Option<String
         .collect();
     match matching.as_slice() {
         [one] => Ok((*one).clone()),
-        [] => bail!("the config has no handler {}", describe(&tenant, &handler)),
+        [] => bail!(
+            "the config has no handler {}/{}",
+            tenant.as_deref().unwrap_or("*"),
+            handler.as_deref().unwrap_or("*")
+        ),
         many => {
             let names: Vec<String> = many.iter().map(|(t, h)| format!("{t}/{h}")).collect();
             bail!("the config has several handlers ({}); name one with --tenant and --handler", names.join(", "))
         }
     }
-}
-
-fn describe(tenant: &Option<String>, handler: &Option<String>) -> String {
-    format!("{}/{}", tenant.as_deref().unwrap_or("*"), handler.as_deref().unwrap_or("*"))
 }
 
 /// Build, run the host, and redeploy on every change until SIGINT/SIGTERM.
@@ -275,21 +275,17 @@ async fn deploy(registry: &Arc<Registry>, tenant: &str, handler: &str, project: 
             return;
         }
     };
-    let live = registry.slot(tenant, handler).map(|s| s.live());
-    if live.as_ref().is_some_and(|v| v.plugin.digest == switchyard::runtime::plugin::digest(&bytes)) {
-        eprintln!("dev: {tenant}/{handler} is already running this build");
-        return;
-    }
+    let keeps = registry.slot(tenant, handler).map_or(0, |s| s.live().number);
     let (registry, t, h, origin) =
         (registry.clone(), tenant.to_string(), handler.to_string(), format!("dev: {}", project.wasm.display()));
-    let deployed = tokio::task::spawn_blocking(move || registry.deploy(&t, &h, &bytes, &origin)).await;
-    let keeps = live.map_or(0, |v| v.number);
-    match deployed {
-        Ok(Ok(info)) => eprintln!(
+    // Compiling can take seconds: off the async threads.
+    match tokio::task::spawn_blocking(move || registry.deploy_changed(&t, &h, &bytes, &origin)).await {
+        Ok(Ok(Some(info))) => eprintln!(
             "dev: deployed {tenant}/{handler} version {} ({})",
             info.version,
             info.digest.get(..12).unwrap_or(&info.digest)
         ),
+        Ok(Ok(None)) => eprintln!("dev: {tenant}/{handler} is already running this build"),
         Ok(Err(e)) => eprintln!("dev: deploy refused: {e}\ndev: version {keeps} keeps serving"),
         Err(e) => eprintln!("dev: deploy failed: {e}\ndev: version {keeps} keeps serving"),
     }

@@ -7,6 +7,7 @@ use std::sync::atomic::Ordering;
 
 use serde::Serialize;
 
+use crate::contract::util::now_ms;
 use crate::dispatch::stats::{DeadLetterNote, Stats};
 use crate::runtime::registry::{Registry, VersionInfo};
 
@@ -37,27 +38,10 @@ pub fn content_security_policy() -> &'static str {
 pub struct Snapshot {
     /// When it was taken, in milliseconds since the epoch.
     pub at_ms: u64,
-    /// Host-wide counters.
-    pub totals: Totals,
     /// Every (tenant, handler).
     pub handlers: Vec<HandlerRow>,
     /// The latest dead letters, newest first.
     pub dead_letters: Vec<DeadLetterNote>,
-}
-
-/// Host-wide counters.
-#[derive(Debug, Serialize)]
-pub struct Totals {
-    /// Deliveries received from sources.
-    pub received: u64,
-    /// Messages acked.
-    pub handled: u64,
-    /// Retries scheduled.
-    pub retried: u64,
-    /// Messages dead-lettered.
-    pub dead_lettered: u64,
-    /// Received and not yet settled.
-    pub pending: u64,
 }
 
 /// One handler's counters and versions.
@@ -87,7 +71,6 @@ pub struct HandlerRow {
 
 /// Read the registry and the counters now.
 pub fn snapshot(registry: &Registry, stats: &Stats) -> Snapshot {
-    let totals = stats.snapshot();
     let handlers = registry
         .slots()
         .map(|slot| {
@@ -108,19 +91,5 @@ pub fn snapshot(registry: &Registry, stats: &Stats) -> Snapshot {
         .collect();
     let mut dead_letters = stats.recent_dead_letters();
     dead_letters.reverse();
-    Snapshot {
-        at_ms: std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .map(|d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
-            .unwrap_or_default(),
-        totals: Totals {
-            received: totals.received,
-            handled: totals.handled,
-            retried: totals.retried,
-            dead_lettered: totals.dead_lettered,
-            pending: totals.pending,
-        },
-        handlers,
-        dead_letters,
-    }
+    Snapshot { at_ms: now_ms(), handlers, dead_letters }
 }

@@ -14,49 +14,57 @@ use prometheus_client::metrics::gauge::ConstGauge;
 
 use crate::dispatch::stats::Stats;
 use crate::runtime::metrics::{BUCKETS, HandlerMetrics};
-use crate::runtime::registry::Registry;
+use crate::runtime::registry::{HandlerSlot, Registry};
 
 /// The content type of what [`render`] writes.
 pub const CONTENT_TYPE: &str = "application/openmetrics-text; version=1.0.0; charset=utf-8";
 
 /// Name, help, and how to read one per-handler counter or gauge. A
 /// counter's name is given without `_total`, which the format appends.
-type PerHandler = (&'static str, MetricType, &'static str, fn(&HandlerMetrics) -> u64);
+type PerHandler = (&'static str, MetricType, &'static str, fn(&HandlerSlot) -> u64);
 
-const PER_HANDLER: [PerHandler; 8] = [
-    ("switchyard_messages_handled", MetricType::Counter, "Messages acked after the handler returned ok.", |m| {
-        m.handled.load(Ordering::Relaxed)
+const PER_HANDLER: [PerHandler; 9] = [
+    ("switchyard_messages_handled", MetricType::Counter, "Messages acked after the handler returned ok.", |s| {
+        s.metrics.handled.load(Ordering::Relaxed)
     }),
-    ("switchyard_messages_retried", MetricType::Counter, "Retries scheduled.", |m| m.retried.load(Ordering::Relaxed)),
-    ("switchyard_messages_dead_lettered", MetricType::Counter, "Messages dead-lettered.", |m| {
-        m.dead_lettered.load(Ordering::Relaxed)
+    ("switchyard_messages_retried", MetricType::Counter, "Retries scheduled.", |s| {
+        s.metrics.retried.load(Ordering::Relaxed)
     }),
-    ("switchyard_messages_in_flight", MetricType::Gauge, "Invocations running now.", |m| {
-        m.in_flight.load(Ordering::Relaxed)
+    ("switchyard_messages_dead_lettered", MetricType::Counter, "Messages dead-lettered.", |s| {
+        s.metrics.dead_lettered.load(Ordering::Relaxed)
+    }),
+    ("switchyard_messages_in_flight", MetricType::Gauge, "Invocations running now.", |s| {
+        s.metrics.in_flight.load(Ordering::Relaxed)
     }),
     (
         "switchyard_handler_fuel_consumed",
         MetricType::Counter,
         "WebAssembly fuel consumed, for handlers with a fuel limit.",
-        |m| m.fuel.load(Ordering::Relaxed),
+        |s| s.metrics.fuel.load(Ordering::Relaxed),
     ),
     (
         "switchyard_log_lines_dropped",
         MetricType::Counter,
         "Handler log lines dropped past the tenant's max_log_bytes for one message.",
-        |m| m.log_lines_dropped.load(Ordering::Relaxed),
+        |s| s.metrics.log_lines_dropped.load(Ordering::Relaxed),
     ),
     (
         "switchyard_http_requests",
         MetricType::Counter,
         "HTTP requests handlers sent through the http capability, redirects included.",
-        |m| m.http_requests.load(Ordering::Relaxed),
+        |s| s.metrics.http_requests.load(Ordering::Relaxed),
     ),
     (
         "switchyard_instances_reused",
         MetricType::Counter,
         "Invocations that ran in a reused instance (routes with `instances.reuse`) instead of a fresh one.",
-        |m| m.instances_reused.load(Ordering::Relaxed),
+        |s| s.metrics.instances_reused.load(Ordering::Relaxed),
+    ),
+    (
+        "switchyard_handler_live_version",
+        MetricType::Gauge,
+        "The version number of the handler that new deliveries run.",
+        |s| u64::from(s.live().number),
     ),
 ];
 
@@ -104,12 +112,7 @@ impl Collector for Host {
             let mut family = encoder.encode_descriptor(name, help, None, kind)?;
             for slot in &slots {
                 let labels = labels(&slot.tenant, &slot.handler);
-                let value = read(&slot.metrics);
-                let metric = family.encode_family(&labels)?;
-                match kind {
-                    MetricType::Gauge => ConstGauge::new(i64::try_from(value).unwrap_or(i64::MAX)).encode(metric)?,
-                    _ => ConstCounter::new(value).encode(metric)?,
-                }
+                encode_value(kind, read(slot), family.encode_family(&labels)?)?;
             }
         }
         let mut family = encoder.encode_descriptor(
@@ -122,18 +125,6 @@ impl Collector for Host {
             let labels = labels(&slot.tenant, &slot.handler);
             Latency(&slot.metrics).encode(family.encode_family(&labels)?)?;
         }
-
-        let mut family = encoder.encode_descriptor(
-            "switchyard_handler_live_version",
-            "The version number of the handler that new deliveries run.",
-            None,
-            MetricType::Gauge,
-        )?;
-        for slot in &slots {
-            let labels = labels(&slot.tenant, &slot.handler);
-            ConstGauge::new(i64::from(slot.live().number)).encode(family.encode_family(&labels)?)?;
-        }
-
         let totals = self.stats.snapshot();
         let host: [(&str, MetricType, &str, u64); 2] = [
             (
@@ -150,11 +141,7 @@ impl Collector for Host {
             ),
         ];
         for (name, kind, help, value) in host {
-            let metric = encoder.encode_descriptor(name, help, None, kind)?;
-            match kind {
-                MetricType::Gauge => ConstGauge::new(i64::try_from(value).unwrap_or(i64::MAX)).encode(metric)?,
-                _ => ConstCounter::new(value).encode(metric)?,
-            }
+            encode_value(kind, value, encoder.encode_descriptor(name, help, None, kind)?)?;
         }
 
         let mut family = encoder.encode_descriptor(
@@ -167,6 +154,18 @@ impl Collector for Host {
             ConstCounter::new(lost).encode(family.encode_family(&[("source", source)])?)?;
         }
         Ok(())
+    }
+}
+
+/// One counter or gauge sample.
+fn encode_value(
+    kind: MetricType,
+    value: u64,
+    metric: prometheus_client::encoding::MetricEncoder,
+) -> Result<(), std::fmt::Error> {
+    match kind {
+        MetricType::Gauge => ConstGauge::new(i64::try_from(value).unwrap_or(i64::MAX)).encode(metric),
+        _ => ConstCounter::new(value).encode(metric),
     }
 }
 

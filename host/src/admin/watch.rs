@@ -58,14 +58,11 @@ fn deploy_file(registry: &Registry, tenant: &str, handler: &str, path: &Path) {
             return;
         }
     };
-    let live = registry.slot(tenant, handler).map(|s| s.live().plugin.digest.clone());
-    if live.as_deref() == Some(crate::runtime::plugin::digest(&bytes).as_str()) {
-        return;
-    }
-    match registry.deploy(tenant, handler, &bytes, &format!("watched: {}", path.display())) {
-        Ok(info) => {
+    match registry.deploy_changed(tenant, handler, &bytes, &format!("watched: {}", path.display())) {
+        Ok(Some(info)) => {
             tracing::info!(file = %path.display(), version = info.version, "deployed from the watched directory")
         }
+        Ok(None) => {}
         Err(e) => tracing::warn!(file = %path.display(), error = %e, "deploy refused; the live version keeps serving"),
     }
 }

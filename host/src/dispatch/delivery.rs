@@ -20,7 +20,7 @@ use crate::contract::db::{Begun, DbTransaction, InboxKey, InboxOutcome};
 use crate::contract::errors::BackendError;
 use crate::contract::headers;
 use crate::contract::source::{Delivery, Settle, Settlement};
-use crate::contract::util::truncate;
+use crate::contract::util::{now_ms, truncate};
 use crate::runtime::Outcome;
 
 /// The backoff before attempt `attempt + 1`: doubling from the base, capped.
@@ -216,10 +216,7 @@ async fn dead_letter(
 ) {
     let reason = truncate(reason, MAX_REASON);
     tracing::warn!(%reason, "dead-lettering");
-    let failed_at_ms = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
-        .unwrap_or_default();
+    let failed_at_ms = now_ms();
     shared.stats.record_dead_letter(DeadLetterNote {
         source: message.source.clone(),
         tenant: route.invoke.tenant.to_string(),

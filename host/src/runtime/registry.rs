@@ -282,6 +282,23 @@ impl Registry {
         Ok(plugin)
     }
 
+    /// Like [`Registry::deploy`], unless `bytes` are the live version
+    /// already: then nothing is deployed and the answer is `None`. For the
+    /// watchers that see the same build again (the watched directory, `dev`).
+    pub fn deploy_changed(
+        &self,
+        tenant: &str,
+        handler: &str,
+        bytes: &[u8],
+        origin: &str,
+    ) -> Result<Option<VersionInfo>, DeployError> {
+        let live = self.slot_or_err(tenant, handler)?.live();
+        if live.plugin.digest == plugin::digest(bytes) {
+            return Ok(None);
+        }
+        self.deploy(tenant, handler, bytes, origin).map(Some)
+    }
+
     /// Validate `bytes` as the next version of a handler and make it live.
     pub fn deploy(&self, tenant: &str, handler: &str, bytes: &[u8], origin: &str) -> Result<VersionInfo, DeployError> {
         let slot = self.slot_or_err(tenant, handler)?;
